@@ -1,0 +1,107 @@
+"""The CE-APG swing-up tasks: what is observed, what is rewarded, where an episode starts.
+
+The physics lives in the MJCF files under ``assets/``; everything here is a pure function of the
+joint positions ``q`` and velocities ``qd`` so that every backend (Brax pipelines, the closed-form
+dynamics) shares one definition of the task.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from typing import Callable
+
+import jax.numpy as jnp
+
+ASSETS = pathlib.Path(__file__).parent / "assets"
+
+Array = jnp.ndarray
+
+
+def wrap_angle(angle: Array) -> Array:
+    """Maps an angle to (-pi, pi]."""
+    return jnp.pi - jnp.mod(jnp.pi - angle, 2.0 * jnp.pi)
+
+
+@dataclasses.dataclass(frozen=True)
+class SwingUpTask:
+    """A swing-up task: MJCF file, control timing and the task's pure functions of (q, qd)."""
+
+    name: str
+    xml_file: str
+    substeps: int  # physics steps per control step; the control step is substeps * timestep
+    observation_size: int
+    hanging_q: tuple[float, ...]  # joint positions of the hanging-down start state
+    angle_mask: tuple[bool, ...]  # which joints are hinges (noised at reset, wrapped in rewards)
+    observe: Callable[[Array, Array], Array]
+    reward: Callable[[Array, Array], Array]
+    best_return: float  # upper bound of the 500-step return, for tables and sanity checks
+    episode_length: int = 500
+    reset_noise: float = 0.01
+
+    @property
+    def xml_path(self) -> pathlib.Path:
+        return ASSETS / self.xml_file
+
+    @property
+    def xml(self) -> str:
+        return self.xml_path.read_text()
+
+
+def _acrobot_reward(q: Array, qd: Array) -> Array:
+    theta = wrap_angle(q)
+    return 10.0 - jnp.sum(theta**2) - 0.01 * jnp.sum(qd**2)
+
+
+def _cartpole_reward(q: Array, qd: Array) -> Array:
+    return -wrap_angle(q[1]) ** 2
+
+
+def _double_pendulum_reward(q: Array, qd: Array) -> Array:
+    theta = wrap_angle(q[1:])
+    return 10.0 - jnp.sum(theta**2) - q[0] ** 2 - 0.01 * jnp.sum(qd[1:] ** 2)
+
+
+def _double_pendulum_obs(q: Array, qd: Array) -> Array:
+    return jnp.concatenate([q[:1], jnp.sin(q[1:]), jnp.cos(q[1:]), qd])
+
+
+ACROBOT = SwingUpTask(
+    name="acrobot",
+    xml_file="acrobot.xml",
+    substeps=4,
+    observation_size=4,
+    hanging_q=(jnp.pi, 0.0),
+    angle_mask=(True, True),
+    observe=lambda q, qd: jnp.concatenate([q, qd]),
+    reward=_acrobot_reward,
+    best_return=5000.0,
+)
+
+CARTPOLE_SWINGUP = SwingUpTask(
+    name="cartpole_swingup",
+    xml_file="cartpole_swingup.xml",
+    substeps=8,
+    observation_size=4,
+    hanging_q=(0.0, jnp.pi),
+    angle_mask=(False, True),
+    observe=lambda q, qd: jnp.concatenate([q, qd]),
+    reward=_cartpole_reward,
+    best_return=0.0,
+)
+
+DOUBLE_PENDULUM_SWINGUP = SwingUpTask(
+    name="double_pendulum_swingup",
+    xml_file="double_pendulum_swingup.xml",
+    substeps=12,
+    observation_size=8,
+    hanging_q=(0.0, jnp.pi, 0.0),
+    angle_mask=(False, True, True),
+    observe=_double_pendulum_obs,
+    reward=_double_pendulum_reward,
+    best_return=5000.0,
+)
+
+TASKS: dict[str, SwingUpTask] = {
+    task.name: task for task in (ACROBOT, CARTPOLE_SWINGUP, DOUBLE_PENDULUM_SWINGUP)
+}

@@ -1,0 +1,42 @@
+# diffrl — `make help` lists the targets.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+EXTRAS ?= dev
+ARGS   ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install train test test-slow lint bench clean
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
+
+$(BIN)/activate:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed-$(EXTRAS): pyproject.toml | $(BIN)/activate
+	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS)]"
+	@touch $@
+
+install: $(VENV)/.installed-$(EXTRAS) ## create .venv and install diffrl (editable) with EXTRAS (default: dev)
+
+train: install ## a short default training run (CEM on the acrobot, quick budget); ARGS="key=value ..." to override
+	$(BIN)/diffrl train $(ARGS)
+
+test: install ## the test suite (CPU, fast; slow and GPU tests are skipped)
+	$(BIN)/python -m pytest $(ARGS)
+
+test-slow: install ## the slow tests too
+	$(BIN)/python -m pytest -m "not gpu" $(ARGS)
+
+lint: install ## ruff
+	$(BIN)/ruff check diffrl cli tests benchmarks
+
+bench: install ## benchmarks (not tests): env, gradient and wrapper speeds; tables under benchmarks/results/
+	$(BIN)/python -m benchmarks.bench_envs --quick $(ARGS)
+	$(BIN)/python -m benchmarks.bench_analytic --quick $(ARGS)
+
+clean: ## remove outputs, caches and the venv
+	rm -rf outputs multirun wandb .pytest_cache .ruff_cache .cache $(VENV)
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,1 @@
+"""The ``diffrl`` command: a thin dispatcher over Hydra applications (one per subcommand)."""

@@ -1,0 +1,107 @@
+"""``diffrl <command> [hydra overrides]``: pops the subcommand and hands the rest to its Hydra app.
+
+Every Hydra feature keeps working (``key=value``, ``-m``, ``--cfg job``, ``--info``, launcher
+overrides). Before Hydra sees the overrides, config-group choices are checked so that a typo gets
+one readable line listing the valid choices, and ``resume=<run dir>`` is expanded into the original
+run's overrides so the resumed run composes exactly the same config into the same directory.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import pathlib
+import sys
+
+import yaml
+
+CONF_DIR = pathlib.Path(__file__).resolve().parents[1] / "conf"
+COMMANDS = {
+    "train": ("cli.train", "train a policy: diffrl train env=acrobot algo=cem [key=value ...] [-m]"),
+    "eval": ("cli.evaluate", "evaluate a finished or interrupted run: diffrl eval run_dir=<dir> [episodes=N html=true]"),
+}
+CHECKED_GROUPS = ("env", "algo", "hardware", "logger", "tuned", "experiment", "debug", "launcher")
+
+
+class UsageError(Exception):
+    pass
+
+
+def usage() -> str:
+    lines = ["usage: diffrl <command> [key=value ...] [-m] [--help]", "", "commands:"]
+    lines += [f"  {name:<7} {help_text}" for name, (_, help_text) in COMMANDS.items()]
+    lines += ["", "Each command is a Hydra app: `diffrl train --help` lists its config groups and options."]
+    return "\n".join(lines)
+
+
+def group_choices(group: str) -> list[str]:
+    folder = CONF_DIR / group
+    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+
+
+def check_group_choices(overrides: list[str]) -> None:
+    """``algo=nope`` -> one line naming the valid choices (Hydra's own message is many lines)."""
+    for override in overrides:
+        key, sep, value = override.lstrip("+~").partition("=")
+        if not sep or key not in CHECKED_GROUPS or not value or "(" in value or value == "null":
+            continue
+        if key == "launcher" and not (CONF_DIR / "hydra" / "launcher").is_dir():
+            continue
+        folder_group = f"hydra/launcher" if key == "launcher" else key
+        valid = group_choices(folder_group)
+        for choice in value.split(","):
+            if choice not in valid:
+                raise UsageError(f"unknown {key} {choice!r}; valid choices: {', '.join(valid) or '(none)'}")
+
+
+def expand_resume(overrides: list[str]) -> list[str]:
+    """``resume=<dir>`` -> the run's saved overrides + ``hydra.run.dir=<dir>`` + ``resume=<dir>``."""
+    resume = [o for o in overrides if o.startswith("resume=")]
+    if not resume:
+        return overrides
+    run_dir = pathlib.Path(resume[-1].partition("=")[2]).expanduser().absolute()
+    saved = run_dir / ".hydra" / "overrides.yaml"
+    if not saved.is_file():
+        raise UsageError(f"resume: {run_dir} is not a diffrl run directory (no .hydra/overrides.yaml)")
+    original = [o for o in yaml.safe_load(saved.read_text()) or [] if not o.startswith(("resume=", "hydra."))]
+    extra = [o for o in overrides if not o.startswith("resume=")]
+    return original + extra + [f"hydra.run.dir={run_dir}", f"resume={run_dir}"]
+
+
+class _DropNotices(logging.Filter):
+    """MuJoCo MJX logs its default device at INFO on the root logger for every env it builds."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Using JAX default device")
+
+
+def quiet_libraries() -> None:
+    # XLA's C++ logger reports harmless CPU-feature mismatches on every cached executable it loads.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    logging.getLogger().addFilter(_DropNotices())
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        sys.exit(0 if argv else 2)
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"diffrl: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
+        sys.exit(2)
+    try:
+        check_group_choices(rest)
+        if command == "train":
+            rest = expand_resume(rest)
+    except UsageError as err:
+        print(f"diffrl {command}: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    quiet_libraries()
+    sys.argv = [f"diffrl-{command}", *rest]
+    importlib.import_module(COMMANDS[command][0]).main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""Cross-entropy method over policy parameters (gradient-free), with a diagonal Gaussian.
+
+Each iteration samples ``population`` parameter vectors around the mean, scores each by its return
+on the same start states (common random numbers make the ranking fairer), and moves the mean to the
+elites' mean; the new std is the elites' root-mean-square distance from the *old* mean (as in the
+CE-APG paper's code). CE-APG reuses ``sample_candidates`` and ``cross_entropy_update``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from brax.envs.base import Env
+from flax import struct
+from jax.flatten_util import ravel_pytree
+
+from diffrl.networks.policy import NormalizerState, Params, RecurrentPolicy
+from diffrl.rollout import rollout
+
+
+@dataclasses.dataclass(frozen=True)
+class CEMConfig:
+    population: int = 24
+    elites: int = 8
+    init_std: float = 0.01
+    min_std: float = 0.0
+    episodes_per_candidate: int = 1
+    zero_init: bool = False
+    update_normalizer: bool = True
+    episode_length: int = 500
+
+    def __post_init__(self):
+        if not 0 < self.elites <= self.population:
+            raise ValueError(f"cem needs 0 < elites <= population, got elites={self.elites}, population={self.population}")
+
+
+@struct.dataclass
+class CEMState:
+    mean: jax.Array  # flat policy parameters
+    std: jax.Array  # per-parameter std of the sampling distribution
+    normalizer: NormalizerState
+    key: jax.Array
+
+
+def sample_candidates(key: jax.Array, mean: jax.Array, std: jax.Array, population: int) -> jax.Array:
+    return mean + std * jax.random.normal(key, (population, mean.shape[0]), mean.dtype)
+
+
+def cross_entropy_update(
+    old_mean: jax.Array, candidates: jax.Array, scores: jax.Array, elites: int, min_std: float = 0.0
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """New (mean, std) from the top-``elites`` candidates by score; also returns the elite indices.
+
+    Non-finite scores rank last, so a diverged candidate never becomes an elite while any finite
+    one exists.
+    """
+    safe_scores = jnp.where(jnp.isfinite(scores), scores, -jnp.inf)
+    _, elite_idx = jax.lax.top_k(safe_scores, elites)
+    elite = candidates[elite_idx]
+    new_mean = jnp.mean(elite, axis=0)
+    new_std = jnp.sqrt(jnp.mean((elite - old_mean) ** 2, axis=0))
+    return new_mean, jnp.maximum(new_std, min_std), elite_idx
+
+
+class CEM:
+    name = "cem"
+
+    def __init__(self, env: Env, policy: RecurrentPolicy, config: CEMConfig):
+        self.env, self.policy, self.config = env, policy, config
+        _, self._unravel = ravel_pytree(policy.init(jax.random.PRNGKey(0)))
+
+    @property
+    def env_steps_per_iteration(self) -> int:
+        c = self.config
+        return c.population * c.episodes_per_candidate * c.episode_length
+
+    def init(self, key: jax.Array) -> CEMState:
+        init_key, key = jax.random.split(key)
+        mean, _ = ravel_pytree(self.policy.init(init_key))
+        if self.config.zero_init:
+            mean = jnp.zeros_like(mean)
+        return CEMState(
+            mean=mean,
+            std=jnp.full_like(mean, self.config.init_std),
+            normalizer=self.policy.init_normalizer(),
+            key=key,
+        )
+
+    def policy_params(self, state: CEMState) -> tuple[Params, NormalizerState]:
+        return self._unravel(state.mean), state.normalizer
+
+    def _score(self, flat_params: jax.Array, normalizer: NormalizerState, starts) -> tuple[jax.Array, jax.Array]:
+        """Mean return over the start states, and the observations seen (for the normaliser)."""
+        params = self._unravel(flat_params)
+        run = lambda start: rollout(self.env, self.policy, params, normalizer, start, self.config.episode_length)
+        rewards, observations = jax.vmap(run)(starts)
+        return jnp.mean(jnp.sum(rewards, axis=-1)), observations
+
+    def train_step(self, state: CEMState) -> tuple[CEMState, dict]:
+        c = self.config
+        key, sample_key, start_key = jax.random.split(state.key, 3)
+        starts = jax.vmap(self.env.reset)(jax.random.split(start_key, c.episodes_per_candidate))
+        candidates = sample_candidates(sample_key, state.mean, state.std, c.population)
+        scores, observations = jax.vmap(self._score, in_axes=(0, None, None))(candidates, state.normalizer, starts)
+        mean, std, _ = cross_entropy_update(state.mean, candidates, scores, c.elites, c.min_std)
+        normalizer = state.normalizer
+        if c.update_normalizer:
+            normalizer = self.policy.update_normalizer(normalizer, observations)
+        finite = jnp.isfinite(scores)
+        metrics = {
+            "return": jnp.max(jnp.where(finite, scores, -jnp.inf)),
+            "return_population_mean": jnp.mean(jnp.where(finite, scores, jnp.nan)),
+            "std_mean": jnp.mean(std),
+            "nonfinite_candidates": jnp.sum(~finite),
+        }
+        return CEMState(mean=mean, std=std, normalizer=normalizer, key=key), metrics

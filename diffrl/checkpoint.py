@@ -1,0 +1,42 @@
+"""Checkpoints with orbax: the whole vmapped train state plus the host's counters.
+
+Everything needed to resume lives here; everything needed to rebuild the policy is the run
+directory's ``.hydra/config.yaml`` plus the train state. Orbax writes to a temporary folder and
+renames it when complete, so a run killed mid-save keeps its previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+
+class Checkpointer:
+    def __init__(self, directory: pathlib.Path, max_to_keep: int = 2):
+        self.directory = pathlib.Path(directory).absolute()
+        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True, enable_async_checkpointing=False)
+        self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def save(self, step: int, state: Any, host: dict) -> None:
+        args = ocp.args.Composite(state=ocp.args.StandardSave(state), host=ocp.args.JsonSave(host))
+        self._manager.save(step, args=args, force=True)
+        self._manager.wait_until_finished()
+
+    def restore(self, like_state: Any, step: int | None = None) -> tuple[Any, dict]:
+        """Restores the state into the structure, shapes and dtypes of ``like_state``."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like_state)
+        args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract), host=ocp.args.JsonRestore())
+        restored = self._manager.restore(step, args=args)
+        return restored["state"], restored["host"]
+
+    def close(self) -> None:
+        self._manager.close()

@@ -1,0 +1,265 @@
+"""The host loop: build the experiment from a config, run compiled training chunks, and between
+them log, evaluate, checkpoint and show progress. Ends with a final evaluation and ``summary.json``.
+
+Seeds are a ``vmap`` axis of one compiled program; the host only sees metrics between chunks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import pathlib
+import subprocess
+import sys
+import time
+from importlib import metadata
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from diffrl.algos import Algorithm, make_algorithm
+from diffrl.checkpoint import Checkpointer
+from diffrl.envs import make_env
+from diffrl.evaluation import make_evaluator
+from diffrl.loggers import JsonlSink, MetricLogger, WandbSink, format_metrics_line, to_jsonable
+from diffrl.networks import RecurrentPolicy, make_recurrent_policy
+from diffrl.progress import ProgressDisplay
+
+log = logging.getLogger("diffrl")
+
+# Keys of an algo config that describe the run rather than the algorithm's own options.
+_RUNNER_KEYS = ("name", "budgets", "hidden_size")
+_EVAL_KEY_OFFSET = 1_000_003  # evaluation start states never coincide with a training key
+
+
+def configure_jax(hardware: DictConfig) -> None:
+    """Platform, precision, XLA flags and the persistent compilation cache, before any computation."""
+    logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every save at INFO
+    if hardware.xla_flags:
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {hardware.xla_flags}".strip()
+    os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "true" if hardware.preallocate_memory else "false"
+    jax.config.update("jax_platforms", hardware.platform)
+    jax.config.update("jax_enable_x64", bool(hardware.enable_x64))
+    if hardware.compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", str(pathlib.Path(hardware.compilation_cache_dir).expanduser()))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    """Everything a config builds: the env, the policy, the algorithm and the run's length."""
+
+    env: Any
+    policy: RecurrentPolicy
+    algo: Algorithm
+    iterations: int
+    episode_length: int
+
+
+def algorithm_options(cfg: DictConfig) -> tuple[dict[str, Any], int]:
+    """The algorithm's options for the chosen budget, and the number of outer iterations."""
+    algo_cfg = OmegaConf.to_container(cfg.algo, resolve=True)
+    budgets = algo_cfg.get("budgets") or {}
+    if cfg.budget not in budgets:
+        raise ValueError(f"unknown budget {cfg.budget!r} for algo {cfg.algo.name!r}; valid choices: {', '.join(budgets)}")
+    options = {k: v for k, v in algo_cfg.items() if k not in _RUNNER_KEYS}
+    options.update(budgets[cfg.budget])
+    iterations = int(cfg.iterations if cfg.iterations is not None else options.pop("iterations"))
+    options.pop("iterations", None)
+    options["episode_length"] = int(cfg.env.episode_length)
+    if iterations < 1:
+        raise ValueError(f"iterations must be >= 1, got {iterations}")
+    return options, iterations
+
+
+def build_experiment(cfg: DictConfig) -> Experiment:
+    env = make_env(cfg.env.name, cfg.env.backend)
+    policy = make_recurrent_policy(env.observation_size, env.action_size, cfg.algo.get("hidden_size"))
+    options, iterations = algorithm_options(cfg)
+    algo = make_algorithm(cfg.algo.name, env, policy, options)
+    return Experiment(env, policy, algo, iterations, int(cfg.env.episode_length))
+
+
+def seed_keys(seed: int, num_seeds: int) -> jax.Array:
+    """One PRNG key per vmapped seed; seed i of family ``seed`` is the same in every run."""
+    base = jax.random.PRNGKey(seed)
+    return jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.arange(num_seeds))
+
+
+def chunk_lengths(total: int, chunk: int) -> list[int]:
+    """Iterations per compiled chunk; a resumed run reuses exactly the same boundaries."""
+    full, rest = divmod(total, chunk)
+    return [chunk] * full + ([rest] if rest else [])
+
+
+def make_chunk_runner(algo: Algorithm):
+    """``run(states, length) -> (states, metrics [length, seeds])``: ``length`` vmapped steps in one scan."""
+
+    def run(states, length: int):
+        return jax.lax.scan(lambda s, _: jax.vmap(algo.train_step)(s), states, None, length=length)
+
+    return jax.jit(run, static_argnums=1)
+
+
+def summarize_chunk(metrics: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Per-chunk view of per-iteration, per-seed metrics: the last iteration's values (per seed for
+    the return, seed-mean otherwise) and totals of the non-finite counters over the whole chunk."""
+    out: dict[str, Any] = {}
+    for key, values in metrics.items():
+        last = values[-1]
+        if key.startswith("nonfinite"):
+            out[key] = int(np.sum(values))
+        elif key == "return":
+            out["return"] = last.tolist()
+            out["return_mean"] = float(np.mean(last))
+        else:
+            out[key] = float(np.nanmean(last)) if np.any(np.isfinite(last)) else float("nan")
+    return out
+
+
+def mean_std(values: list[float]) -> dict[str, Any]:
+    """Per-seed values with their mean and population std (as the papers report)."""
+    arr = np.asarray(values, dtype=float)
+    return {"per_seed": arr.tolist(), "mean": float(arr.mean()), "std": float(arr.std())}
+
+
+def package_versions() -> dict[str, str]:
+    names = ["diffrl", "jax", "jaxlib", "brax", "mujoco", "flax", "optax", "orbax-checkpoint", "hydra-core", "wandb"]
+    versions = {"python": sys.version.split()[0]}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def git_commit() -> str | None:
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    try:
+        out = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "-uno"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def make_logger(cfg: DictConfig, run_dir: pathlib.Path, resume_step: int | None, wandb_id: str | None):
+    sinks: list = []
+    wandb_sink = None
+    if cfg.logger.jsonl.enabled:
+        sinks.append(JsonlSink(run_dir / cfg.logger.jsonl.filename, resume_step))
+    if cfg.logger.wandb.enabled:
+        config = OmegaConf.to_container(cfg, resolve=True)
+        name = f"{cfg.env.name}_{cfg.algo.name}_seed{cfg.seed}"
+        wandb_sink = WandbSink(run_dir, config, OmegaConf.to_container(cfg.logger.wandb, resolve=True), name, wandb_id)
+        sinks.append(wandb_sink)
+    return MetricLogger(sinks), wandb_sink
+
+
+def train(cfg: DictConfig, run_dir: pathlib.Path) -> dict[str, Any]:
+    """Runs (or resumes) one training job into ``run_dir``; returns the summary it writes."""
+    configure_jax(cfg.hardware)
+    run_dir = pathlib.Path(run_dir)
+    exp = build_experiment(cfg)
+    algo, num_seeds = exp.algo, int(cfg.num_seeds)
+    log.info("%s on %s (%s backend): %d iterations x %d seeds, %d env steps per iteration per seed",
+             cfg.algo.name, cfg.env.name, cfg.env.backend, exp.iterations, num_seeds, algo.env_steps_per_iteration)
+
+    states = jax.jit(jax.vmap(algo.init))(seed_keys(int(cfg.seed), num_seeds))
+    checkpointer = Checkpointer(run_dir / "checkpoints", int(cfg.checkpoint.max_to_keep)) if cfg.checkpoint.enabled else None
+    host = {"iteration": 0, "chunk": 0, "wall_clock_s": 0.0, "compile_time_s": 0.0, "wandb_id": None}
+    if cfg.resume:
+        if checkpointer is None or checkpointer.latest_step() is None:
+            raise FileNotFoundError(f"resume={cfg.resume}: no checkpoint under {run_dir / 'checkpoints'} to resume from")
+        states, host = checkpointer.restore(states)
+        log.info("resumed from iteration %d (%s)", host["iteration"], checkpointer.directory)
+
+    logger, wandb_sink = make_logger(cfg, run_dir, host["iteration"] if cfg.resume else None, host["wandb_id"])
+    if wandb_sink is not None:
+        host["wandb_id"] = wandb_sink.run_id
+    evaluate = make_evaluator(exp.env, exp.policy, exp.episode_length, int(cfg.eval.episodes))
+    eval_key = jax.random.PRNGKey(int(cfg.seed) + _EVAL_KEY_OFFSET)
+    policy_of = jax.jit(jax.vmap(algo.policy_params))
+    run_chunk = make_chunk_runner(algo)
+    compiled: dict[int, Any] = {}
+    lengths = chunk_lengths(exp.iterations, int(cfg.chunk_iterations))
+    steps_per_iteration = algo.env_steps_per_iteration
+    progress = ProgressDisplay(cfg.logger.console, exp.iterations, host["iteration"], enabled=cfg.logger.console.enabled)
+    last_train_return: list[float] | None = None
+    segment_start = time.perf_counter() - host["wall_clock_s"]
+
+    try:
+        with progress:
+            for chunk_index in range(host["chunk"], len(lengths)):
+                length = lengths[chunk_index]
+                if length not in compiled:  # ahead-of-time compile, so its cost is measured apart
+                    t0 = time.perf_counter()
+                    compiled[length] = run_chunk.lower(states, length).compile()
+                    host["compile_time_s"] += time.perf_counter() - t0
+                t0 = time.perf_counter()
+                states, metrics = compiled[length](states)
+                metrics = jax.device_get(metrics)
+                chunk_seconds = time.perf_counter() - t0
+                host["iteration"] += length
+                host["chunk"] = chunk_index + 1
+                host["wall_clock_s"] = time.perf_counter() - segment_start
+
+                row = {
+                    "iteration": host["iteration"],
+                    "env_steps": host["iteration"] * steps_per_iteration,
+                    "wall_time_s": host["wall_clock_s"],
+                    **summarize_chunk(metrics),
+                    "steps_per_second": length * steps_per_iteration * num_seeds / chunk_seconds,
+                }
+                last_train_return = row.get("return")
+                every = int(cfg.eval.every_chunks)
+                if every and host["chunk"] % every == 0 and host["chunk"] < len(lengths):
+                    params, normalizer = policy_of(states)
+                    row["eval_return"] = np.mean(jax.device_get(evaluate(params, normalizer, eval_key)), axis=1).tolist()
+                logger.log(row, step=host["iteration"])
+                progress.update(row)
+                if checkpointer and (host["chunk"] % int(cfg.checkpoint.every_chunks) == 0 or host["chunk"] == len(lengths)):
+                    checkpointer.save(host["iteration"], states, host)
+
+        params, normalizer = policy_of(states)
+        eval_returns = np.asarray(jax.device_get(evaluate(params, normalizer, eval_key)))
+        host["wall_clock_s"] = time.perf_counter() - segment_start
+        summary = {
+            "status": "completed",
+            "env": cfg.env.name,
+            "algo": cfg.algo.name,
+            "backend": cfg.env.backend,
+            "budget": cfg.budget,
+            "seed": int(cfg.seed),
+            "num_seeds": num_seeds,
+            "iterations": host["iteration"],
+            "env_steps_per_seed": host["iteration"] * steps_per_iteration,
+            "final_return": mean_std(eval_returns.mean(axis=1).tolist()),
+            "final_train_return": mean_std(last_train_return) if last_train_return else None,
+            "eval_episodes": int(cfg.eval.episodes),
+            "wall_clock_s": host["wall_clock_s"],
+            "compile_time_s": host["compile_time_s"],
+            "versions": package_versions(),
+            "git_commit": git_commit(),
+            "run_dir": str(run_dir.absolute()),
+        }
+        (run_dir / "summary.json").write_text(json.dumps(to_jsonable(summary), indent=2) + "\n")
+        if wandb_sink is not None:
+            wandb_sink.summary({"final_return_mean": summary["final_return"]["mean"],
+                                "final_return_std": summary["final_return"]["std"]})
+        log.info("final return %.2f +- %.2f over %d seeds (%d episodes each); summary: %s",
+                 summary["final_return"]["mean"], summary["final_return"]["std"], num_seeds,
+                 int(cfg.eval.episodes), run_dir / "summary.json")
+        return summary
+    finally:
+        logger.close()
+        if checkpointer:
+            checkpointer.close()

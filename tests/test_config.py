@@ -1,0 +1,50 @@
+"""The config tree composes for every choice, rejects typos, and resolves budgets."""
+
+import itertools
+
+import pytest
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+
+from cli.main import group_choices
+from conftest import compose_train
+from diffrl.run import algorithm_options, chunk_lengths
+
+
+@pytest.mark.parametrize(
+    "env,algo,hardware",
+    list(itertools.product(group_choices("env"), group_choices("algo"), group_choices("hardware"))),
+)
+def test_every_env_algo_hardware_composes(env, algo, hardware):
+    cfg = compose_train(f"env={env}", f"algo={algo}", f"hardware={hardware}")
+    OmegaConf.resolve(cfg)
+    assert cfg.env.name == env and cfg.algo.name == algo
+    assert cfg.num_seeds == 8  # the papers' seed count is the default
+
+
+def test_misspelled_key_is_an_error_not_ignored():
+    with pytest.raises(ConfigCompositionException, match="populaton"):
+        compose_train("algo.populaton=3")
+
+
+def test_debug_smoke_overrides_top_level_defaults():
+    cfg = compose_train("debug=smoke")
+    assert (cfg.num_seeds, cfg.iterations, cfg.env.episode_length) == (2, 4, 50)
+
+
+def test_budget_sets_iterations_and_explicit_iterations_win():
+    assert algorithm_options(compose_train("algo=cem"))[1] == 100
+    assert algorithm_options(compose_train("algo=cem", "budget=paper"))[1] == 500
+    options, iterations = algorithm_options(compose_train("algo=cem", "budget=paper", "iterations=7"))
+    assert iterations == 7 and "iterations" not in options and options["episode_length"] == 500
+
+
+def test_unknown_budget_lists_choices():
+    with pytest.raises(ValueError, match="valid choices: quick, paper"):
+        algorithm_options(compose_train("budget=huge"))
+
+
+def test_chunk_lengths_cover_the_run_exactly():
+    assert chunk_lengths(25, 10) == [10, 10, 5]
+    assert chunk_lengths(20, 10) == [10, 10]
+    assert chunk_lengths(3, 10) == [3]

@@ -151,6 +151,48 @@ def git_commit() -> str | None:
     return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
+def build_summary(
+    cfg: DictConfig,
+    run_dir: pathlib.Path,
+    *,
+    eval_returns: np.ndarray,
+    train_returns: list[float] | None,
+    iterations: int,
+    env_steps_per_seed: int,
+    wall_clock_s: float,
+    compile_time_s: float,
+) -> dict[str, Any]:
+    """What ``summary.json`` holds for any algorithm; ``eval_returns`` is [seeds, episodes]."""
+    return {
+        "status": "completed",
+        "env": cfg.env.name,
+        "algo": cfg.algo.name,
+        "backend": cfg.env.backend,
+        "budget": cfg.budget,
+        "seed": int(cfg.seed),
+        "num_seeds": int(eval_returns.shape[0]),
+        "iterations": iterations,
+        "env_steps_per_seed": env_steps_per_seed,
+        "final_return": mean_std(eval_returns.mean(axis=1).tolist()),
+        "final_train_return": mean_std(train_returns) if train_returns else None,
+        "eval_episodes": int(eval_returns.shape[1]),
+        "wall_clock_s": wall_clock_s,
+        "compile_time_s": compile_time_s,
+        "versions": package_versions(),
+        "git_commit": git_commit(),
+        "run_dir": str(run_dir.absolute()),
+    }
+
+
+def write_summary(run_dir: pathlib.Path, summary: dict[str, Any], wandb_sink: WandbSink | None) -> None:
+    (run_dir / "summary.json").write_text(json.dumps(to_jsonable(summary), indent=2) + "\n")
+    final = summary["final_return"]
+    if wandb_sink is not None:
+        wandb_sink.summary({"final_return_mean": final["mean"], "final_return_std": final["std"]})
+    log.info("final return %.2f +- %.2f over %d seeds (%d episodes each); summary: %s",
+             final["mean"], final["std"], summary["num_seeds"], summary["eval_episodes"], run_dir / "summary.json")
+
+
 def make_logger(cfg: DictConfig, run_dir: pathlib.Path, resume_step: int | None, wandb_id: str | None):
     sinks: list = []
     wandb_sink = None
@@ -232,32 +274,16 @@ def train(cfg: DictConfig, run_dir: pathlib.Path) -> dict[str, Any]:
         params, normalizer = policy_of(states)
         eval_returns = np.asarray(jax.device_get(evaluate(params, normalizer, eval_key)))
         host["wall_clock_s"] = time.perf_counter() - segment_start
-        summary = {
-            "status": "completed",
-            "env": cfg.env.name,
-            "algo": cfg.algo.name,
-            "backend": cfg.env.backend,
-            "budget": cfg.budget,
-            "seed": int(cfg.seed),
-            "num_seeds": num_seeds,
-            "iterations": host["iteration"],
-            "env_steps_per_seed": host["iteration"] * steps_per_iteration,
-            "final_return": mean_std(eval_returns.mean(axis=1).tolist()),
-            "final_train_return": mean_std(last_train_return) if last_train_return else None,
-            "eval_episodes": int(cfg.eval.episodes),
-            "wall_clock_s": host["wall_clock_s"],
-            "compile_time_s": host["compile_time_s"],
-            "versions": package_versions(),
-            "git_commit": git_commit(),
-            "run_dir": str(run_dir.absolute()),
-        }
-        (run_dir / "summary.json").write_text(json.dumps(to_jsonable(summary), indent=2) + "\n")
-        if wandb_sink is not None:
-            wandb_sink.summary({"final_return_mean": summary["final_return"]["mean"],
-                                "final_return_std": summary["final_return"]["std"]})
-        log.info("final return %.2f +- %.2f over %d seeds (%d episodes each); summary: %s",
-                 summary["final_return"]["mean"], summary["final_return"]["std"], num_seeds,
-                 int(cfg.eval.episodes), run_dir / "summary.json")
+        summary = build_summary(
+            cfg, run_dir,
+            eval_returns=eval_returns,
+            train_returns=last_train_return,
+            iterations=host["iteration"],
+            env_steps_per_seed=host["iteration"] * steps_per_iteration,
+            wall_clock_s=host["wall_clock_s"],
+            compile_time_s=host["compile_time_s"],
+        )
+        write_summary(run_dir, summary, wandb_sink)
         return summary
     finally:
         logger.close()

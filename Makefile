@@ -33,9 +33,10 @@ test-slow: install ## the slow tests too
 lint: install ## ruff
 	$(BIN)/ruff check diffrl cli tests benchmarks
 
-bench: install ## benchmarks (not tests): env, gradient and wrapper speeds; tables under benchmarks/results/
+bench: install ## benchmarks (not tests): env, gradient and wrapper speeds, PPO/SAC Brax vs SB3; tables under benchmarks/results/
 	$(BIN)/python -m benchmarks.bench_envs --quick $(ARGS)
 	$(BIN)/python -m benchmarks.bench_analytic --quick $(ARGS)
+	$(BIN)/python -m benchmarks.bench_baselines --quick $(ARGS)
 
 clean: ## remove outputs, caches and the venv
 	rm -rf outputs multirun wandb .pytest_cache .ruff_cache .cache $(VENV)

@@ -11,6 +11,7 @@ import jax
 import numpy as np
 from omegaconf import OmegaConf
 
+from diffrl.baselines import EXTERNAL_TRAINERS
 from diffrl.checkpoint import Checkpointer
 from diffrl.evaluation import make_evaluator, trajectory
 from diffrl.loggers import to_jsonable
@@ -29,6 +30,10 @@ def load_run_config(run_dir: pathlib.Path):
 def load_policy(run_dir: pathlib.Path):
     """(experiment, config, params [seeds], normalizer [seeds], iteration) from the latest checkpoint."""
     cfg = load_run_config(run_dir)
+    if cfg.algo.name in EXTERNAL_TRAINERS:  # PPO, SAC, SB3...: per-seed policies saved by their own trainer
+        from diffrl.baselines.runner import load_external_policy
+
+        return load_external_policy(run_dir, cfg)
     exp = build_experiment(cfg)
     like = jax.jit(jax.vmap(exp.algo.init))(seed_keys(int(cfg.seed), int(cfg.num_seeds)))
     checkpointer = Checkpointer(run_dir / "checkpoints")

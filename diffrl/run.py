@@ -23,8 +23,10 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from diffrl.algos import Algorithm, make_algorithm
+from diffrl.baselines import EXTERNAL_TRAINERS
 from diffrl.checkpoint import Checkpointer
 from diffrl.envs import make_env
+from diffrl.envs.wrappers import InjectNaN
 from diffrl.evaluation import make_evaluator
 from diffrl.loggers import JsonlSink, MetricLogger, WandbSink, format_metrics_line, to_jsonable
 from diffrl.networks import RecurrentPolicy, make_recurrent_policy
@@ -34,6 +36,8 @@ log = logging.getLogger("diffrl")
 
 # Keys of an algo config that describe the run rather than the algorithm's own options.
 _RUNNER_KEYS = ("name", "budgets", "hidden_size")
+# Options that may be left null for a budget to fill; a null one that no budget fills is an error.
+_BUDGETED_BY_DEFAULT = ("population", "elites", "runs", "apg_steps", "steps_per_iteration", "starts_per_step")
 _EVAL_KEY_OFFSET = 1_000_003  # evaluation start states never coincide with a training key
 
 
@@ -62,26 +66,54 @@ class Experiment:
 
 
 def algorithm_options(cfg: DictConfig) -> tuple[dict[str, Any], int]:
-    """The algorithm's options for the chosen budget, and the number of outer iterations."""
+    """The algorithm's options and outer iterations for the chosen budget.
+
+    A budget (``algo.budgets.<budget>``) fills the options left ``null`` in the algo config, and
+    ``iterations`` when the top-level ``iterations`` is null: anything set explicitly wins.
+    """
     algo_cfg = OmegaConf.to_container(cfg.algo, resolve=True)
     budgets = algo_cfg.get("budgets") or {}
     if cfg.budget not in budgets:
         raise ValueError(f"unknown budget {cfg.budget!r} for algo {cfg.algo.name!r}; valid choices: {', '.join(budgets)}")
     options = {k: v for k, v in algo_cfg.items() if k not in _RUNNER_KEYS}
-    options.update(budgets[cfg.budget])
-    iterations = int(cfg.iterations if cfg.iterations is not None else options.pop("iterations"))
-    options.pop("iterations", None)
+    budget = dict(budgets[cfg.budget])
+    iterations = int(cfg.iterations if cfg.iterations is not None else budget.pop("iterations"))
+    budget.pop("iterations", None)
+    for key, value in budget.items():
+        if options.get(key) is None:
+            options[key] = value
+    missing = [k for k, v in options.items() if v is None and k in _BUDGETED_BY_DEFAULT]
+    if missing:
+        raise ValueError(f"algo {cfg.algo.name!r}: budget {cfg.budget!r} sets no value for {missing}")
     options["episode_length"] = int(cfg.env.episode_length)
     if iterations < 1:
         raise ValueError(f"iterations must be >= 1, got {iterations}")
     return options, iterations
 
 
+class TrainingDiverged(RuntimeError):
+    """Every APG run of some seed kept producing non-finite gradients: training cannot progress."""
+
+
+def divergence_message(cfg: DictConfig, seeds: list[int], iteration: int) -> str:
+    limit = cfg.algo.get("grad", {}).get("max_consecutive_nonfinite", "?")
+    return (
+        f"training stopped at iteration {iteration}: for seed(s) {seeds}, every APG run had non-finite "
+        f"gradients on its last {limit} updates in a row (each was skipped, never applied). Likely cause: "
+        "gradients exploding through a long horizon or unstable dynamics. Switches that help: "
+        "hardware.enable_x64=true (float64), algo.grad.truncation=<k> (stop gradients every k steps), "
+        "algo.grad.clip_norm=<c>, algo.grad.step_clip=<c>, a smaller learning rate; "
+        "algo.grad.max_consecutive_nonfinite sets the limit."
+    )
+
+
 def build_experiment(cfg: DictConfig) -> Experiment:
     env = make_env(cfg.env.name, cfg.env.backend)
+    if cfg.env.get("inject_nan_after") is not None:
+        env = InjectNaN(env, int(cfg.env.inject_nan_after))
     policy = make_recurrent_policy(env.observation_size, env.action_size, cfg.algo.get("hidden_size"))
     options, iterations = algorithm_options(cfg)
-    algo = make_algorithm(cfg.algo.name, env, policy, options)
+    algo = make_algorithm(cfg.algo.name, env, policy, options, iterations)
     return Experiment(env, policy, algo, iterations, int(cfg.env.episode_length))
 
 
@@ -208,6 +240,10 @@ def make_logger(cfg: DictConfig, run_dir: pathlib.Path, resume_step: int | None,
 
 def train(cfg: DictConfig, run_dir: pathlib.Path) -> dict[str, Any]:
     """Runs (or resumes) one training job into ``run_dir``; returns the summary it writes."""
+    if cfg.algo.name in EXTERNAL_TRAINERS:  # PPO, SAC, Brax APG, SB3: agents with their own training loop
+        from diffrl.baselines.runner import train_external
+
+        return train_external(cfg, run_dir)
     configure_jax(cfg.hardware)
     run_dir = pathlib.Path(run_dir)
     exp = build_experiment(cfg)
@@ -268,6 +304,9 @@ def train(cfg: DictConfig, run_dir: pathlib.Path) -> dict[str, Any]:
                     row["eval_return"] = np.mean(jax.device_get(evaluate(params, normalizer, eval_key)), axis=1).tolist()
                 logger.log(row, step=host["iteration"])
                 progress.update(row)
+                if "nonfinite_stalled" in metrics and np.any(metrics["nonfinite_stalled"][-1]):
+                    stalled = np.flatnonzero(metrics["nonfinite_stalled"][-1]).tolist()
+                    raise TrainingDiverged(divergence_message(cfg, stalled, host["iteration"]))
                 if checkpointer and (host["chunk"] % int(cfg.checkpoint.every_chunks) == 0 or host["chunk"] == len(lengths)):
                     checkpointer.save(host["iteration"], states, host)
 

@@ -5,6 +5,7 @@ import sys
 
 import pytest
 
+from cli.main import group_choices
 from conftest import REPO
 
 
@@ -28,7 +29,7 @@ def test_unknown_subcommand_prints_usage_and_fails():
 @pytest.mark.parametrize(
     "override,expected",
     [
-        ("algo=nope", "unknown algo 'nope'; valid choices: cem"),
+        ("algo=nope", f"unknown algo 'nope'; valid choices: {', '.join(group_choices('algo'))}"),
         ("env=nope", "unknown env 'nope'; valid choices: acrobot, cartpole_swingup, double_pendulum_swingup"),
         ("env=acrobot,nope", "unknown env 'nope'"),
         ("hardware=tpu", "unknown hardware 'tpu'; valid choices: cpu, gpu"),

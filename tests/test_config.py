@@ -48,3 +48,10 @@ def test_chunk_lengths_cover_the_run_exactly():
     assert chunk_lengths(25, 10) == [10, 10, 5]
     assert chunk_lengths(20, 10) == [10, 10]
     assert chunk_lengths(3, 10) == [3]
+
+
+def test_explicit_algo_options_win_over_the_budget():
+    options, _ = algorithm_options(compose_train("algo=ce_apg", "algo.apg_steps=3"))
+    assert options["apg_steps"] == 3 and options["population"] == 12  # the rest from the quick budget
+    options, iterations = algorithm_options(compose_train("algo=ce_apg", "budget=paper"))
+    assert (options["population"], options["apg_steps"], iterations) == (24, 100, 200)

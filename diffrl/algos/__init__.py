@@ -6,22 +6,46 @@ from typing import Any, Callable
 
 from brax.envs.base import Env
 
+from diffrl.algos.apg import PAPG, GradientConfig, PAPGConfig
 from diffrl.algos.base import Algorithm
+from diffrl.baselines import EXTERNAL_TRAINERS
+from diffrl.algos.ce_apg import CEAPG, CEAPGConfig
 from diffrl.algos.cem import CEM, CEMConfig
 from diffrl.networks.policy import RecurrentPolicy
 
 
-def _make_cem(env: Env, policy: RecurrentPolicy, options: dict[str, Any]) -> Algorithm:
+def _with_gradient_config(options: dict[str, Any]) -> dict[str, Any]:
+    return {**options, "grad": GradientConfig(**options.get("grad", {}))}
+
+
+def _make_cem(env: Env, policy: RecurrentPolicy, options: dict[str, Any], iterations: int) -> Algorithm:
     return CEM(env, policy, CEMConfig(**options))
 
 
-ALGORITHMS: dict[str, Callable[[Env, RecurrentPolicy, dict[str, Any]], Algorithm]] = {"cem": _make_cem}
+def _make_papg(env: Env, policy: RecurrentPolicy, options: dict[str, Any], iterations: int) -> Algorithm:
+    return PAPG(env, policy, PAPGConfig(**_with_gradient_config(options)))
 
 
-def make_algorithm(name: str, env: Env, policy: RecurrentPolicy, options: dict[str, Any]) -> Algorithm:
+def _make_ce_apg(env: Env, policy: RecurrentPolicy, options: dict[str, Any], iterations: int) -> Algorithm:
+    # The learning-rate schedule spans the whole run, so the algorithm needs its length.
+    return CEAPG(env, policy, CEAPGConfig(**_with_gradient_config(options), iterations=iterations))
+
+
+Factory = Callable[[Env, RecurrentPolicy, dict[str, Any], int], Algorithm]
+ALGORITHMS: dict[str, Factory] = {
+    "cem": _make_cem,
+    "papg": _make_papg,
+    "ce_apg": _make_ce_apg,
+}
+
+
+def make_algorithm(name: str, env: Env, policy: RecurrentPolicy, options: dict[str, Any], iterations: int) -> Algorithm:
+    """``options``: the algo config for the chosen budget; ``iterations``: the run's outer iterations."""
+    if name in EXTERNAL_TRAINERS:
+        raise ValueError(f"algo {name!r} runs its own training loop (diffrl.baselines), not as compiled chunks")
     if name not in ALGORITHMS:
         raise ValueError(f"unknown algo {name!r}; valid choices: {', '.join(sorted(ALGORITHMS))}")
-    return ALGORITHMS[name](env, policy, options)
+    return ALGORITHMS[name](env, policy, options, iterations)
 
 
 __all__ = ["ALGORITHMS", "Algorithm", "make_algorithm"]

@@ -55,7 +55,8 @@ class RecurrentPolicy:
         return jnp.zeros(self.carry_size)
 
     def init_normalizer(self) -> NormalizerState:
-        return running_statistics.init_state(specs.Array((self.observation_size,), jnp.float32))
+        # The default float dtype: float64 statistics when x64 is on (hardware.enable_x64=true).
+        return running_statistics.init_state(specs.Array((self.observation_size,), jnp.asarray(0.0).dtype))
 
     def update_normalizer(self, state: NormalizerState, observations: jax.Array) -> NormalizerState:
         """Folds a batch of observations (any leading dims) into the running statistics."""

@@ -1,0 +1,1 @@
+"""Benchmarks: speed and accuracy measurements, run as scripts (`python -m benchmarks.<name>`)."""

@@ -1,0 +1,220 @@
+"""Analytic policy gradients: Adam on the negative return, backpropagated through the simulator.
+
+``APGCore`` is the one differentiable-rollout optimiser every first-order algorithm shares (PAPG
+and CE-APG here; SHAC and ILD reuse its pieces). It works on flat parameter vectors so that
+populations of candidates are plain arrays to ``vmap`` over.
+
+Non-finite gradients never reach the parameters: ``optax.apply_if_finite`` skips such an update and
+counts it; the runner stops a run whose every APG run has failed too many times in a row.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from brax.envs.base import Env
+from flax import struct
+from jax.flatten_util import ravel_pytree
+
+from diffrl.networks.policy import NormalizerState, Params, RecurrentPolicy
+from diffrl.rollout import GradientOptions, rollout
+
+_NEVER_APPLY_NONFINITE = 2**31 - 1  # optax would apply non-finite updates after this many in a row
+
+
+@dataclasses.dataclass(frozen=True)
+class GradientConfig:
+    """How gradients are computed and guarded (``algo.grad`` in the config)."""
+
+    truncation: int | None = None  # stop gradients through the state every k steps (null: full backprop)
+    clip_norm: float | None = None  # clip the update's global norm
+    clip_value: float | None = None  # clip each gradient entry to [-v, v]
+    step_clip: float | None = None  # clip each step's state cotangent to this norm
+    checkpoint: bool = False  # jax.checkpoint each step: memory O(T * state) instead of O(T * activations)
+    max_consecutive_nonfinite: int = 20  # stop the run when every APG run has failed this many times in a row
+
+    @property
+    def rollout_options(self) -> GradientOptions:
+        return GradientOptions(truncation=self.truncation, step_clip=self.step_clip, checkpoint=self.checkpoint)
+
+
+@struct.dataclass
+class APGTrace:
+    """Per-Adam-step diagnostics of one refinement (leading axis: step)."""
+
+    returns: jax.Array  # mean return over the step's start states
+    grad_norm: jax.Array  # before clipping
+    clipped_grad_norm: jax.Array
+    nonfinite: jax.Array  # 1 where the update was skipped
+
+
+def nonfinite_streak(opt_state: Any) -> jax.Array:
+    """Updates skipped in a row (``optax.apply_if_finite``'s counter)."""
+    return opt_state.notfinite_count
+
+
+class APGCore:
+    """The differentiable-rollout optimiser: loss, optimizer and an ``lax.scan`` of Adam steps."""
+
+    def __init__(self, env: Env, policy: RecurrentPolicy, grad: GradientConfig, starts_per_step: int,
+                 episode_length: int):
+        self.env, self.policy, self.grad = env, policy, grad
+        self.starts_per_step, self.episode_length = starts_per_step, episode_length
+        flat, self.unravel = ravel_pytree(policy.init(jax.random.PRNGKey(0)))
+        self.num_params = flat.shape[0]
+        clips = []
+        if grad.clip_value is not None:
+            clips.append(optax.clip(grad.clip_value))
+        if grad.clip_norm is not None:
+            clips.append(optax.clip_by_global_norm(grad.clip_norm))
+        self._clip = optax.chain(*clips) if clips else optax.identity()
+
+    def flat_init(self, key: jax.Array) -> jax.Array:
+        return ravel_pytree(self.policy.init(key))[0]
+
+    def optimizer(self, learning_rate: float | jax.Array) -> optax.GradientTransformation:
+        # inject_hyperparams: the learning rate may be a traced value (schedules across iterations).
+        adam = optax.inject_hyperparams(optax.adam)(learning_rate=learning_rate)
+        return optax.apply_if_finite(adam, max_consecutive_errors=_NEVER_APPLY_NONFINITE)
+
+    def starts(self, key: jax.Array):
+        return jax.vmap(self.env.reset)(jax.random.split(key, self.starts_per_step))
+
+    def mean_return(self, flat: jax.Array, normalizer: NormalizerState, starts) -> tuple[jax.Array, jax.Array]:
+        """Mean return over ``starts`` (differentiable) and the observations seen."""
+        params = self.unravel(flat)
+        run = lambda start: rollout(self.env, self.policy, params, normalizer, start, self.episode_length,
+                                    self.grad.rollout_options)
+        rewards, observations = jax.vmap(run)(starts)
+        return jnp.mean(jnp.sum(rewards, axis=-1)), observations
+
+    def gradient_step(self, flat, opt_state, normalizer, key, learning_rate):
+        """One Adam step on -(mean return over fresh start states); skipped if non-finite."""
+        loss = lambda p: -self.mean_return(p, normalizer, self.starts(key))[0]
+        neg_return, grads = jax.value_and_grad(loss)(flat)
+        # A non-finite return can still have a finite gradient (e.g. masked by a `where`): the
+        # update is garbage all the same, so it is marked non-finite and skipped.
+        grads = jnp.where(jnp.isfinite(neg_return), grads, jnp.nan)
+        clipped, _ = self._clip.update(grads, self._clip.init(flat))
+        updates, opt_state = self.optimizer(learning_rate).update(clipped, opt_state, flat)
+        trace = APGTrace(
+            returns=-neg_return,
+            grad_norm=optax.global_norm(grads),
+            clipped_grad_norm=optax.global_norm(clipped),
+            nonfinite=(~jnp.all(jnp.isfinite(clipped))).astype(jnp.int32),
+        )
+        return optax.apply_updates(flat, updates), opt_state, trace
+
+    def refine(self, flat, opt_state, normalizer, key, steps: int, learning_rate):
+        """``steps`` Adam steps in one scan; returns (params, optimizer state, per-step trace)."""
+
+        def body(carry, step_key):
+            flat, opt_state = carry
+            flat, opt_state, trace = self.gradient_step(flat, opt_state, normalizer, step_key, learning_rate)
+            return (flat, opt_state), trace
+
+        (flat, opt_state), trace = jax.lax.scan(body, (flat, opt_state), jax.random.split(key, steps))
+        return flat, opt_state, trace
+
+
+def recent_score(trace: APGTrace, window: int) -> jax.Array:
+    """A run's score: its mean return over the last ``window`` Adam steps (the CE-APG paper's)."""
+    return jnp.mean(trace.returns[..., -window:], axis=-1)
+
+
+def apg_metrics(trace: APGTrace, opt_states: Any, limit: int) -> dict[str, jax.Array]:
+    """Diagnostics over a population of runs: trace leaves are [runs, steps]."""
+    streaks = nonfinite_streak(opt_states)
+    finite_norms = jnp.where(trace.nonfinite > 0, jnp.nan, trace.grad_norm)
+    return {
+        "grad_norm": jnp.nanmean(finite_norms),
+        "clipped_grad_norm": jnp.nanmean(jnp.where(trace.nonfinite > 0, jnp.nan, trace.clipped_grad_norm)),
+        "nonfinite_grads": jnp.sum(trace.nonfinite),
+        # The run stops when *every* APG run has failed `limit` times in a row (none can progress).
+        "nonfinite_stalled": (jnp.min(streaks) >= limit).astype(jnp.int32),
+        "nonfinite_streak_min": jnp.min(streaks),
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class PAPGConfig:
+    runs: int = 24  # independent APG runs in parallel; the best one is the result
+    steps_per_iteration: int = 100  # Adam steps per outer iteration (between host syncs)
+    learning_rate: float = 5e-4
+    starts_per_step: int = 4  # start states averaged in each gradient step
+    score_window: int = 5
+    zero_init: bool = False
+    update_normalizer: bool = True
+    episode_length: int = 500
+    grad: GradientConfig = GradientConfig()
+
+
+@struct.dataclass
+class PAPGState:
+    params: jax.Array  # [runs, num_params]
+    opt_state: Any  # [runs] optimizer states
+    scores: jax.Array  # [runs] recent mean return of each run
+    normalizer: NormalizerState
+    key: jax.Array
+
+
+def rollout_observations(core: APGCore, flat: jax.Array, normalizer: NormalizerState, key: jax.Array) -> jax.Array:
+    """Observations of one batch of episodes of ``flat`` (no gradient), to update the normaliser."""
+    return jax.lax.stop_gradient(core.mean_return(flat, normalizer, core.starts(key))[1])
+
+
+class PAPG:
+    """Parallel APG: ``runs`` independent APG optimisations (vmapped); the best run is the policy."""
+
+    name = "papg"
+
+    def __init__(self, env: Env, policy: RecurrentPolicy, config: PAPGConfig):
+        self.config = config
+        self.core = APGCore(env, policy, config.grad, config.starts_per_step, config.episode_length)
+
+    @property
+    def env_steps_per_iteration(self) -> int:
+        c = self.config
+        normalizer_rollouts = c.starts_per_step if c.update_normalizer else 0
+        return c.runs * (c.steps_per_iteration * c.starts_per_step + normalizer_rollouts) * c.episode_length
+
+    def init(self, key: jax.Array) -> PAPGState:
+        c = self.config
+        key, init_key = jax.random.split(key)
+        params = jax.vmap(self.core.flat_init)(jax.random.split(init_key, c.runs))
+        if c.zero_init:
+            params = jnp.zeros_like(params)
+        opt_state = jax.vmap(self.core.optimizer(c.learning_rate).init)(params)
+        scores = jnp.full((c.runs,), -jnp.inf)
+        return PAPGState(params, opt_state, scores, self.core.policy.init_normalizer(), key)
+
+    def _best(self, state: PAPGState) -> jax.Array:
+        return jnp.argmax(jnp.where(jnp.isfinite(state.scores), state.scores, -jnp.inf))
+
+    def policy_params(self, state: PAPGState) -> tuple[Params, NormalizerState]:
+        return self.core.unravel(state.params[self._best(state)]), state.normalizer
+
+    def train_step(self, state: PAPGState) -> tuple[PAPGState, dict]:
+        c = self.config
+        key, obs_key, run_key = jax.random.split(state.key, 3)
+        normalizer = state.normalizer
+        if c.update_normalizer:
+            observe = lambda flat: rollout_observations(self.core, flat, normalizer, obs_key)
+            observations = jax.vmap(observe)(state.params)
+            normalizer = self.core.policy.update_normalizer(normalizer, observations)
+        refine = lambda p, o, k: self.core.refine(p, o, normalizer, k, c.steps_per_iteration, c.learning_rate)
+        params, opt_state, trace = jax.vmap(refine)(state.params, state.opt_state, jax.random.split(run_key, c.runs))
+        scores = recent_score(trace, c.score_window)
+        new_state = PAPGState(params, opt_state, scores, normalizer, key)
+        finite = jnp.where(jnp.isfinite(scores), scores, jnp.nan)
+        metrics = {
+            "return": scores[self._best(new_state)],
+            "return_population_mean": jnp.nanmean(finite),
+            "learning_rate": jnp.asarray(c.learning_rate),
+            **apg_metrics(trace, opt_state, c.grad.max_consecutive_nonfinite),
+        }
+        return new_state, metrics

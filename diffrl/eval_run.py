@@ -48,13 +48,14 @@ def load_policy(run_dir: pathlib.Path):
 def write_replay(exp, params, normalizer, key, path: pathlib.Path) -> None:
     """A self-contained HTML replay through Brax's renderer (three.js is loaded from a CDN)."""
     from brax.generalized import pipeline as generalized
-    from brax.io import html
+    from brax.io import html, mjcf
 
     _, states, *_ = jax.jit(lambda p, n, k: trajectory(exp.env, exp.policy, p, n, k, exp.episode_length))(
         params, normalizer, key
     )
-    # Any backend -> maximal coordinates for the renderer, through the generalized pipeline's init.
-    sys = exp.env.sys
+    # Any backend (the closed form has no Brax system) -> maximal coordinates for the renderer,
+    # through the generalized pipeline's init on the task's own MJCF.
+    sys = mjcf.loads(exp.env.unwrapped.task.xml)
     frames = jax.jit(jax.vmap(lambda q, qd: generalized.init(sys, q, qd)))(states.q, states.qd)
     frames = [jax.tree.map(lambda x, i=i: x[i], frames) for i in range(exp.episode_length)]
     path.write_text(html.render(sys.tree_replace({"opt.timestep": exp.env.dt}), frames))

@@ -7,25 +7,40 @@ import jax.numpy as jnp
 from brax.envs.base import Env
 
 from diffrl.networks.policy import NormalizerState, Params, RecurrentPolicy
-from diffrl.rollout import rollout
 
 
-def make_evaluator(env: Env, policy: RecurrentPolicy, episode_length: int, episodes: int):
-    """Returns jitted ``evaluate(params, normalizer, key) -> returns [seeds, episodes]``.
+def make_episode_stats(env: Env, policy: RecurrentPolicy, episode_length: int, episodes: int, tail: int = 100):
+    """Returns jitted ``stats(params, normalizer, key) -> {"return", "upright_fraction"}``, each
+    [seeds, episodes]: the undiscounted return, and the fraction of the last ``tail`` steps with every
+    link within 0.2 rad of upright (does the policy *balance*, or swing through the top?).
 
     ``params`` and ``normalizer`` carry a leading seed axis; all seeds see the same start states.
     """
+    task = env.unwrapped.task
 
-    def one_seed(params: Params, normalizer: NormalizerState, starts) -> jax.Array:
-        run = lambda start: jnp.sum(rollout(env, policy, params, normalizer, start, episode_length)[0])
-        return jax.vmap(run)(starts)
+    def one_episode(params: Params, normalizer: NormalizerState, start) -> dict[str, jax.Array]:
+        def step(carry, _):
+            state, hidden = carry
+            hidden, action = policy.act(params, normalizer, hidden, state.obs)
+            state = env.step(state, action)
+            return (state, hidden), (state.reward, task.upright(state.pipeline_state.q))
+
+        _, (rewards, upright) = jax.lax.scan(step, (start, policy.initial_carry()), None, episode_length)
+        return {"return": jnp.sum(rewards), "upright_fraction": jnp.mean(upright[-tail:])}
 
     @jax.jit
-    def evaluate(params: Params, normalizer: NormalizerState, key: jax.Array) -> jax.Array:
+    def stats(params: Params, normalizer: NormalizerState, key: jax.Array) -> dict[str, jax.Array]:
         starts = jax.vmap(env.reset)(jax.random.split(key, episodes))
-        return jax.vmap(one_seed, in_axes=(0, 0, None))(params, normalizer, starts)
+        per_seed = lambda p, n: jax.vmap(lambda s: one_episode(p, n, s))(starts)
+        return jax.vmap(per_seed)(params, normalizer)
 
-    return evaluate
+    return stats
+
+
+def make_evaluator(env: Env, policy: RecurrentPolicy, episode_length: int, episodes: int):
+    """Returns jitted ``evaluate(params, normalizer, key) -> returns [seeds, episodes]``."""
+    stats = make_episode_stats(env, policy, episode_length, episodes)
+    return jax.jit(lambda params, normalizer, key: stats(params, normalizer, key)["return"])
 
 
 def trajectory(env: Env, policy: RecurrentPolicy, params: Params, normalizer: NormalizerState, key, length: int):

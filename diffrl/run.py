@@ -27,7 +27,7 @@ from diffrl.baselines import EXTERNAL_TRAINERS
 from diffrl.checkpoint import Checkpointer
 from diffrl.envs import make_env
 from diffrl.envs.wrappers import InjectNaN
-from diffrl.evaluation import make_evaluator
+from diffrl.evaluation import make_episode_stats
 from diffrl.loggers import JsonlSink, MetricLogger, WandbSink, format_metrics_line, to_jsonable
 from diffrl.networks import RecurrentPolicy, make_recurrent_policy
 from diffrl.progress import ProgressDisplay
@@ -37,7 +37,10 @@ log = logging.getLogger("diffrl")
 # Keys of an algo config that describe the run rather than the algorithm's own options.
 _RUNNER_KEYS = ("name", "budgets", "hidden_size")
 # Options that may be left null for a budget to fill; a null one that no budget fills is an error.
-_BUDGETED_BY_DEFAULT = ("population", "elites", "runs", "apg_steps", "steps_per_iteration", "starts_per_step")
+_BUDGETED_BY_DEFAULT = (
+    "population", "elites", "runs", "apg_steps", "steps_per_iteration", "starts_per_step", "lr_start", "lr_end",
+    "zero_init",
+)
 _EVAL_KEY_OFFSET = 1_000_003  # evaluation start states never coincide with a training key
 
 
@@ -193,8 +196,10 @@ def build_summary(
     env_steps_per_seed: int,
     wall_clock_s: float,
     compile_time_s: float,
+    upright_fraction: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """What ``summary.json`` holds for any algorithm; ``eval_returns`` is [seeds, episodes]."""
+    """What ``summary.json`` holds for any algorithm; ``eval_returns`` (and ``upright_fraction``,
+    the share of each episode's last 100 steps spent balanced) are [seeds, episodes]."""
     return {
         "status": "completed",
         "env": cfg.env.name,
@@ -207,6 +212,7 @@ def build_summary(
         "env_steps_per_seed": env_steps_per_seed,
         "final_return": mean_std(eval_returns.mean(axis=1).tolist()),
         "final_train_return": mean_std(train_returns) if train_returns else None,
+        "final_upright_fraction": mean_std(upright_fraction.mean(axis=1).tolist()) if upright_fraction is not None else None,
         "eval_episodes": int(eval_returns.shape[1]),
         "wall_clock_s": wall_clock_s,
         "compile_time_s": compile_time_s,
@@ -263,7 +269,8 @@ def train(cfg: DictConfig, run_dir: pathlib.Path) -> dict[str, Any]:
     logger, wandb_sink = make_logger(cfg, run_dir, host["iteration"] if cfg.resume else None, host["wandb_id"])
     if wandb_sink is not None:
         host["wandb_id"] = wandb_sink.run_id
-    evaluate = make_evaluator(exp.env, exp.policy, exp.episode_length, int(cfg.eval.episodes))
+    episode_stats = make_episode_stats(exp.env, exp.policy, exp.episode_length, int(cfg.eval.episodes))
+    evaluate = lambda params, normalizer, key: episode_stats(params, normalizer, key)["return"]
     eval_key = jax.random.PRNGKey(int(cfg.seed) + _EVAL_KEY_OFFSET)
     policy_of = jax.jit(jax.vmap(algo.policy_params))
     run_chunk = make_chunk_runner(algo)
@@ -311,11 +318,12 @@ def train(cfg: DictConfig, run_dir: pathlib.Path) -> dict[str, Any]:
                     checkpointer.save(host["iteration"], states, host)
 
         params, normalizer = policy_of(states)
-        eval_returns = np.asarray(jax.device_get(evaluate(params, normalizer, eval_key)))
+        final_stats = jax.device_get(episode_stats(params, normalizer, eval_key))
         host["wall_clock_s"] = time.perf_counter() - segment_start
         summary = build_summary(
             cfg, run_dir,
-            eval_returns=eval_returns,
+            eval_returns=np.asarray(final_stats["return"]),
+            upright_fraction=np.asarray(final_stats["upright_fraction"]),
             train_returns=last_train_return,
             iterations=host["iteration"],
             env_steps_per_seed=host["iteration"] * steps_per_iteration,

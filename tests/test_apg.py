@@ -94,8 +94,8 @@ def test_ce_apg_outer_update_matches_the_formulas_on_a_quadratic(fast_cfg):
     dim = algo.core.num_params
     target = jnp.linspace(-1.0, 1.0, dim)
     algo.core = QuadraticCore(exp.policy, target, step_size=0.25)  # x <- x + 0.5 (target - x): halves the gap
-    state = CEAPGState(jnp.zeros(dim), jnp.full(dim, 0.5), exp.policy.init_normalizer(), jax.random.PRNGKey(3),
-                       jnp.zeros((), jnp.int32))
+    state = CEAPGState(jnp.zeros(dim), jnp.full(dim, 0.5), jnp.zeros(dim), exp.policy.init_normalizer(),
+                       jax.random.PRNGKey(3), jnp.zeros((), jnp.int32))
     new_state, metrics = jax.jit(algo.train_step)(state)
 
     # Recompute by hand: same candidates, three halvings of the gap to the target, elites by score.
@@ -107,6 +107,7 @@ def test_ce_apg_outer_update_matches_the_formulas_on_a_quadratic(fast_cfg):
     np.testing.assert_allclose(new_state.mean, elite.mean(axis=0), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(new_state.std, jnp.sqrt(jnp.mean((elite - state.mean) ** 2, axis=0)), rtol=1e-5)
     np.testing.assert_allclose(metrics["return"], scores.max(), rtol=1e-5)
+    np.testing.assert_allclose(new_state.best, refined[jnp.argmax(scores)], rtol=1e-6)  # what `deploy: best` delivers
     assert int(new_state.iteration) == 1
 
 
@@ -140,3 +141,16 @@ def test_run_stops_with_a_clear_message_after_the_limit(fast_cfg, tmp_path):
         train(cfg, tmp_path)
     rows = [line for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and '"nonfinite_grads": 8' in rows[-1]  # 2 seeds x 2 runs x 2 steps
+
+
+@pytest.mark.slow
+def test_ce_apg_beats_cem_at_equal_env_steps_on_the_cartpole(fast_cfg, tmp_path):
+    """~720k env steps per seed, 2 seeds, analytic backend (~2 min on 2 cores). Measured: CE-APG
+    [-1434, -1117] (mean -1275) vs CEM [-1362, -2140] (mean -1751). At this budget they tie on the
+    acrobot (485 vs 457): see docs/algorithms.md."""
+    common = ("env=cartpole_swingup", "env.episode_length=500", "eval.episodes=8", "checkpoint.enabled=false")
+    ce_apg = train(fast_cfg(*common, "algo=ce_apg", "iterations=6", "chunk_iterations=6", "algo.population=6",
+                            "algo.elites=2", "algo.apg_steps=40", "algo.starts_per_step=1"), tmp_path / "ce_apg")
+    cem = train(fast_cfg(*common, "algo=cem", "iterations=60", "chunk_iterations=60"), tmp_path / "cem")
+    assert abs(ce_apg["env_steps_per_seed"] - cem["env_steps_per_seed"]) / cem["env_steps_per_seed"] < 0.01
+    assert ce_apg["final_return"]["mean"] > cem["final_return"]["mean"] + 200, (ce_apg["final_return"], cem["final_return"])

@@ -92,13 +92,14 @@ def test_brax_policy_checkpoint_reloads_with_identical_actions(algo, tmp_path):
 @pytest.mark.parametrize("algo", ["sb3_ppo", "sb3_sac"])
 def test_sb3_checkpoint_reloads_with_identical_actions(algo, tmp_path):
     requires(algo)
-    cfg = compose_train(*COMMON, f"algo={algo}", "algo.budgets.quick.num_envs=2")
+    cfg = compose_train(*COMMON, f"algo={algo}")
     env = make_env(cfg.env.name, cfg.env.backend)
     trainer, _ = build_trainer(cfg, env)
     from diffrl.baselines.vec_env import JaxVecEnv
 
+    small_batch = {"batch_size": 64} if algo == "sb3_ppo" else {}  # a minibatch that fits 2 envs' rollout
     model = trainer.algo_class("MlpPolicy", JaxVecEnv(env, 2, 10), seed=0, device="cpu",
-                               policy_kwargs=trainer.policy_kwargs, **trainer.kwargs)
+                               policy_kwargs=trainer.policy_kwargs, **{**trainer.kwargs, **small_batch})
     trainer.save(model, tmp_path)
     reloaded = trainer.load(tmp_path)
     obs = np.random.default_rng(0).normal(size=(8, env.observation_size)).astype(np.float32)

@@ -36,13 +36,13 @@ def test_min_std_floor():
 
 def test_elites_must_fit_the_population(fast_cfg):
     with pytest.raises(ValueError, match="elites"):
-        build_experiment(fast_cfg("algo.elites=30"))
+        build_experiment(fast_cfg("algo=cem", "algo.elites=30"))
 
 
 def test_cem_learns_on_the_acrobot(fast_cfg, tmp_path):
     """20 iterations (24 candidates, 500-step episodes, 2 seeds). Measured: initial policies
     [310, -2041] -> [387, 313]; a random GRU policy can already score ~300, hanging still scores 65."""
-    cfg = fast_cfg("iterations=20", "chunk_iterations=10", "env.episode_length=500", "eval.episodes=4",
+    cfg = fast_cfg("algo=cem", "iterations=20", "chunk_iterations=10", "env.episode_length=500", "eval.episodes=4",
                    "checkpoint.enabled=false")
     exp = build_experiment(cfg)
     initial = jax.jit(jax.vmap(exp.algo.init))(seed_keys(cfg.seed, cfg.num_seeds))

@@ -32,6 +32,11 @@ def test_debug_smoke_overrides_top_level_defaults():
     assert (cfg.num_seeds, cfg.iterations, cfg.env.episode_length) == (2, 4, 50)
 
 
+def test_default_run_is_ce_apg_on_the_acrobot_with_the_analytic_backend():
+    cfg = compose_train()
+    assert (cfg.algo.name, cfg.env.name, cfg.env.backend, cfg.budget) == ("ce_apg", "acrobot", "analytic", "quick")
+
+
 def test_budget_sets_iterations_and_explicit_iterations_win():
     assert algorithm_options(compose_train("algo=cem"))[1] == 100
     assert algorithm_options(compose_train("algo=cem", "budget=paper"))[1] == 500
@@ -41,7 +46,7 @@ def test_budget_sets_iterations_and_explicit_iterations_win():
 
 def test_unknown_budget_lists_choices():
     with pytest.raises(ValueError, match="valid choices: quick, paper"):
-        algorithm_options(compose_train("budget=huge"))
+        algorithm_options(compose_train("algo=cem", "budget=huge"))
 
 
 def test_chunk_lengths_cover_the_run_exactly():

@@ -7,6 +7,10 @@ Per outer iteration (Gillen & Byl; the authors' ``cem_apg``):
    learning rate log-linear from ``lr_start`` (first iteration) to ``lr_end`` (last);
 4. score = mean return over the last ``score_window`` APG steps; new mean = mean of the elites'
    *refined* parameters; new std = RMS distance of the elites from the *old* mean.
+
+The paper reports the best candidate's score as CE-APG's training return; by default the policy a
+run delivers (evaluated, saved) is that best refined candidate (``deploy: best``), since the mean
+of several distinct elites can be a poor policy itself; ``deploy: mean`` delivers the CEM mean.
 """
 
 from __future__ import annotations
@@ -34,7 +38,8 @@ class CEAPGConfig:
     score_window: int = 5
     lr_start: float = 1e-3
     lr_end: float = 1e-6
-    zero_init: bool = True  # the paper starts the mean at zero
+    zero_init: bool = True  # the paper starts the mean at zero (the quick budget does not)
+    deploy: str = "best"  # the policy a run delivers: "best" refined candidate of the last iteration, or "mean"
     update_normalizer: bool = True
     iterations: int = 200  # length of the learning-rate schedule (set by the runner)
     episode_length: int = 500
@@ -43,6 +48,8 @@ class CEAPGConfig:
     def __post_init__(self):
         if not 0 < self.elites <= self.population:
             raise ValueError(f"ce_apg needs 0 < elites <= population, got {self.elites} and {self.population}")
+        if self.deploy not in ("best", "mean"):
+            raise ValueError(f"ce_apg deploy must be 'best' or 'mean', got {self.deploy!r}")
         if not 0 < self.score_window <= self.apg_steps:
             raise ValueError(f"ce_apg needs 0 < score_window <= apg_steps, got {self.score_window}, {self.apg_steps}")
 
@@ -51,6 +58,7 @@ class CEAPGConfig:
 class CEAPGState:
     mean: jax.Array
     std: jax.Array
+    best: jax.Array  # the best refined candidate of the last iteration (its score: the training return)
     normalizer: NormalizerState
     key: jax.Array
     iteration: jax.Array
@@ -81,10 +89,11 @@ class CEAPG:
         if self.config.zero_init:
             mean = jnp.zeros_like(mean)
         std = jnp.full_like(mean, self.config.init_std)
-        return CEAPGState(mean, std, self.core.policy.init_normalizer(), key, jnp.zeros((), jnp.int32))
+        return CEAPGState(mean, std, mean, self.core.policy.init_normalizer(), key, jnp.zeros((), jnp.int32))
 
     def policy_params(self, state: CEAPGState) -> tuple[Params, NormalizerState]:
-        return self.core.unravel(state.mean), state.normalizer
+        deployed = state.best if self.config.deploy == "best" else state.mean
+        return self.core.unravel(deployed), state.normalizer
 
     def train_step(self, state: CEAPGState) -> tuple[CEAPGState, dict]:
         c = self.config
@@ -104,7 +113,8 @@ class CEAPG:
 
         refined, opt_states, trace = jax.vmap(refine)(candidates, jax.random.split(refine_key, c.population))
         scores = recent_score(trace, c.score_window)
-        mean, std, _ = cross_entropy_update(state.mean, refined, scores, c.elites, c.min_std)
+        mean, std, elite_idx = cross_entropy_update(state.mean, refined, scores, c.elites, c.min_std)
+        best = refined[elite_idx[0]]  # top_k sorts, so the first elite is the best candidate
         finite = jnp.isfinite(scores)
         metrics = {
             "return": jnp.max(jnp.where(finite, scores, -jnp.inf)),
@@ -115,4 +125,4 @@ class CEAPG:
             "nonfinite_candidates": jnp.sum(~finite),
             **apg_metrics(trace, opt_states, c.grad.max_consecutive_nonfinite),
         }
-        return CEAPGState(mean, std, normalizer, key, state.iteration + 1), metrics
+        return CEAPGState(mean, std, best, normalizer, key, state.iteration + 1), metrics

@@ -39,6 +39,15 @@ class SwingUpTask:
     episode_length: int = 500
     reset_noise: float = 0.01
 
+    def link_angles(self, q: Array) -> Array:
+        """Absolute angle of each pole/link from upright (hinge angles are relative to the parent)."""
+        hinges = jnp.asarray([i for i, is_hinge in enumerate(self.angle_mask) if is_hinge])
+        return wrap_angle(jnp.cumsum(q[hinges]))
+
+    def upright(self, q: Array, tolerance: float = 0.2) -> Array:
+        """True when every link is within ``tolerance`` rad of upright (balancing)."""
+        return jnp.all(jnp.abs(self.link_angles(q)) < tolerance)
+
     @property
     def xml_path(self) -> pathlib.Path:
         return ASSETS / self.xml_file

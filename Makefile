@@ -36,6 +36,7 @@ lint: install ## ruff
 bench: install ## benchmarks (not tests): env, gradient and wrapper speeds, PPO/SAC Brax vs SB3; tables under benchmarks/results/
 	$(BIN)/python -m benchmarks.bench_envs --quick $(ARGS)
 	$(BIN)/python -m benchmarks.bench_analytic --quick $(ARGS)
+	$(BIN)/python -m benchmarks.bench_apg --quick $(ARGS)
 	$(BIN)/python -m benchmarks.bench_baselines --quick $(ARGS)
 
 clean: ## remove outputs, caches and the venv

@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 from diffrl.baselines import EXTERNAL_TRAINERS
 from diffrl.checkpoint import Checkpointer
-from diffrl.evaluation import make_evaluator, trajectory
+from diffrl.evaluation import make_episode_stats, trajectory
 from diffrl.loggers import to_jsonable
 from diffrl.run import build_experiment, configure_jax, mean_std, seed_keys
 
@@ -68,7 +68,8 @@ def evaluate_run(run_dir: str | pathlib.Path, episodes: int = 16, seed: int = 12
     configure_jax(OmegaConf.merge(cfg.hardware, {"platform": platform}))
     exp, cfg, params, normalizer, iteration = load_policy(run_dir)
     key = jax.random.PRNGKey(seed)
-    returns = np.asarray(jax.device_get(make_evaluator(exp.env, exp.policy, exp.episode_length, episodes)(params, normalizer, key)))
+    stats = jax.device_get(make_episode_stats(exp.env, exp.policy, exp.episode_length, episodes)(params, normalizer, key))
+    returns, upright = np.asarray(stats["return"]), np.asarray(stats["upright_fraction"])
     per_seed = returns.mean(axis=1)
     result = {
         "run_dir": str(run_dir),
@@ -80,6 +81,9 @@ def evaluate_run(run_dir: str | pathlib.Path, episodes: int = 16, seed: int = 12
         "eval_seed": seed,
         "return": mean_std(per_seed.tolist()),
         "returns_per_episode": returns.tolist(),
+        # Share of the last 100 steps with every link within 0.2 rad of upright: balancing, not spinning.
+        "upright_fraction": mean_std(upright.mean(axis=1).tolist()),
+        "upright_fraction_per_episode": upright.tolist(),
     }
     if html:
         best = int(np.argmax(per_seed))
@@ -89,5 +93,6 @@ def evaluate_run(run_dir: str | pathlib.Path, episodes: int = 16, seed: int = 12
     (run_dir / "eval.json").write_text(json.dumps(to_jsonable(result), indent=2) + "\n")
     print(f"{cfg.algo.name} on {cfg.env.name} ({cfg.env.backend}), iteration {iteration}: "
           f"return {result['return']['mean']:.2f} +- {result['return']['std']:.2f} "
-          f"over {len(per_seed)} seeds x {episodes} episodes -> {run_dir / 'eval.json'}")
+          f"over {len(per_seed)} seeds x {episodes} episodes; balanced (last 100 steps upright within 0.2 rad) "
+          f"{100 * result['upright_fraction']['mean']:.0f}% of the time -> {run_dir / 'eval.json'}")
     return result

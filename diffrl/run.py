@@ -36,11 +36,6 @@ log = logging.getLogger("diffrl")
 
 # Keys of an algo config that describe the run rather than the algorithm's own options.
 _RUNNER_KEYS = ("name", "budgets", "hidden_size")
-# Options that may be left null for a budget to fill; a null one that no budget fills is an error.
-_BUDGETED_BY_DEFAULT = (
-    "population", "elites", "runs", "apg_steps", "steps_per_iteration", "starts_per_step", "lr_start", "lr_end",
-    "zero_init",
-)
 _EVAL_KEY_OFFSET = 1_000_003  # evaluation start states never coincide with a training key
 
 
@@ -85,7 +80,9 @@ def algorithm_options(cfg: DictConfig) -> tuple[dict[str, Any], int]:
     for key, value in budget.items():
         if options.get(key) is None:
             options[key] = value
-    missing = [k for k, v in options.items() if v is None and k in _BUDGETED_BY_DEFAULT]
+    # A key some budget manages but this one leaves unset would reach the algorithm as None.
+    managed = {key for numbers in budgets.values() for key in numbers}
+    missing = sorted(k for k in managed if k != "iterations" and options.get(k) is None)
     if missing:
         raise ValueError(f"algo {cfg.algo.name!r}: budget {cfg.budget!r} sets no value for {missing}")
     options["episode_length"] = int(cfg.env.episode_length)

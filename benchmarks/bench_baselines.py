@@ -23,8 +23,7 @@ import time
 DEFAULT_OUT = pathlib.Path(__file__).parent / "results" / "baselines.md"
 CONF_DIR = pathlib.Path(__file__).resolve().parents[1] / "conf"
 
-# name -> (overrides of the algo's quick budget, env steps per seed (full, quick)); same num_envs per pair.
-PPO_SIZES = "num_envs=64"
+# name -> (algo overrides, env steps per seed (full, quick)); every agent runs NUM_ENVS envs.
 CASES = {
     "ppo": (["unroll_length=20", "num_minibatches=8", "batch_size=64", "num_updates_per_batch=4"], (204800, 81920)),
     "sb3_ppo": (["n_steps=160", "batch_size=1280", "n_epochs=4"], (40960, 20480)),
@@ -50,8 +49,7 @@ def training_rate(name: str, env: str, backend: str, quick: bool) -> dict:
     options, steps = CASES[name]
     overrides = [f"algo={name}", f"env={env}", f"env.backend={backend}", "num_seeds=1", "eval.episodes=1",
                  "logger.wandb.enabled=false", "logger.console.progress_bar=false", f"iterations={steps[quick]}",
-                 f"algo.budgets.quick.num_envs={NUM_ENVS}", "algo.budgets.quick.num_evals=5",
-                 *[f"algo.budgets.quick.{o}" for o in options]]
+                 f"algo.num_envs={NUM_ENVS}", "algo.num_evals=5", *[f"algo.{o}" for o in options]]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides)
     with tempfile.TemporaryDirectory() as run_dir:

@@ -20,6 +20,8 @@ CONF_DIR = pathlib.Path(__file__).resolve().parents[1] / "conf"
 COMMANDS = {
     "train": ("cli.train", "train a policy: diffrl train env=acrobot algo=cem [key=value ...] [-m]"),
     "eval": ("cli.evaluate", "evaluate a finished or interrupted run: diffrl eval run_dir=<dir> [episodes=N html=true]"),
+    "table": ("cli.table", "results table of sweeps, beside the paper's: diffrl table <sweep dir> [...] [--out DIR]"),
+    "plot": ("cli.plot", "learning curves of sweeps: diffrl plot <sweep dir> [...] [--out DIR]"),
 }
 CHECKED_GROUPS = ("env", "algo", "hardware", "logger", "tuned", "experiment", "debug", "launcher")
 
@@ -31,7 +33,8 @@ class UsageError(Exception):
 def usage() -> str:
     lines = ["usage: diffrl <command> [key=value ...] [-m] [--help]", "", "commands:"]
     lines += [f"  {name:<7} {help_text}" for name, (_, help_text) in COMMANDS.items()]
-    lines += ["", "Each command is a Hydra app: `diffrl train --help` lists its config groups and options."]
+    lines += ["", "train and eval are Hydra apps: `diffrl train --help` lists their config groups and options;",
+              "table and plot take plain arguments: `diffrl table --help`."]
     return "\n".join(lines)
 
 
@@ -46,10 +49,7 @@ def check_group_choices(overrides: list[str]) -> None:
         key, sep, value = override.lstrip("+~").partition("=")
         if not sep or key not in CHECKED_GROUPS or not value or "(" in value or value == "null":
             continue
-        if key == "launcher" and not (CONF_DIR / "hydra" / "launcher").is_dir():
-            continue
-        folder_group = f"hydra/launcher" if key == "launcher" else key
-        valid = group_choices(folder_group)
+        valid = group_choices(key)
         for choice in value.split(","):
             if choice not in valid:
                 raise UsageError(f"unknown {key} {choice!r}; valid choices: {', '.join(valid) or '(none)'}")

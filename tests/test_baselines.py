@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 
 from conftest import REPO, compose_train
 from diffrl.baselines.runner import build_trainer, finished_seeds, seed_dir
@@ -18,15 +19,15 @@ from diffrl.run import _EVAL_KEY_OFFSET, train
 
 # Short runs on the cart-pole swing-up (closed-form dynamics: the fastest backend to compile and run).
 COMMON = ("env=cartpole_swingup", "env.backend=analytic", "num_seeds=1", "eval.episodes=4",
-          "logger.wandb.enabled=false", "logger.console.progress_bar=false", "algo.budgets.quick.num_evals=3")
+          "logger.wandb.enabled=false", "logger.console.progress_bar=false", "algo.num_evals=3")
 # algo -> (overrides, minimum gain of the final return over the initial policy's). Gains measured with
 # seed 0 on 2 shared cores: ppo +1362 (40k steps), sb3_ppo +142 (20k steps); thresholds leave a margin.
 # SAC needs more updates than a fast test affords: its learning tests are marked slow.
 LEARNING = {
     "ppo": (("algo=ppo", "iterations=40960"), 500),
     "sb3_ppo": (("algo=sb3_ppo", "iterations=20480"), 50),
-    "sac": (("algo=sac", "iterations=64000", "algo.budgets.quick.grad_updates_per_step=16"), 300),
-    "sb3_sac": (("algo=sb3_sac", "iterations=12800", "algo.budgets.quick.gradient_steps=16"), 300),
+    "sac": (("algo=sac", "iterations=64000", "algo.grad_updates_per_step=16"), 300),
+    "sb3_sac": (("algo=sb3_sac", "iterations=12800", "algo.gradient_steps=16"), 300),
 }
 SLOW = {"sac", "sb3_sac"}
 
@@ -44,7 +45,10 @@ def requires(algo):
 def test_short_run_improves_on_the_initial_policy_and_reloads(algo, tmp_path):
     requires(algo)
     overrides, min_gain = LEARNING[algo]
-    summary = train(compose_train(*COMMON, *overrides), tmp_path)
+    cfg = compose_train(*COMMON, *overrides)
+    summary = train(cfg, tmp_path)
+    (tmp_path / ".hydra").mkdir()
+    OmegaConf.save(cfg, tmp_path / ".hydra" / "config.yaml")  # what Hydra writes for `diffrl train`
 
     rows = read_rows(tmp_path)
     assert rows[0]["env_steps"] == 0 and rows[-1]["env_steps"] >= int(overrides[1].split("=")[1])
@@ -112,7 +116,7 @@ def test_sb3_checkpoint_reloads_with_identical_actions(algo, tmp_path):
 
 def test_resume_keeps_finished_seeds_and_reruns_the_rest(tmp_path):
     overrides = (*COMMON, "algo=ppo", "num_seeds=2", "iterations=1", "env.episode_length=20",
-                 "algo.budgets.quick.num_evals=2", "eval.episodes=1")
+                 "algo.num_evals=2", "eval.episodes=1")
     train(compose_train(*overrides), tmp_path)
     # Simulate a job killed during seed 1: its checkpoint and its metrics are incomplete.
     (seed_dir(tmp_path, 1) / "result.json").unlink()

@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 from diffrl.baselines import trainer_class
 from diffrl.baselines.common import Report
 from diffrl.envs import make_env
-from diffrl.evaluation import make_evaluator
+from diffrl.evaluation import make_episode_stats
 from diffrl.run import (
     _EVAL_KEY_OFFSET,
     Experiment,
@@ -104,9 +104,10 @@ def train_external(cfg: DictConfig, run_dir: pathlib.Path) -> dict[str, Any]:
 
         results = [json.loads((seed_dir(run_dir, i) / RESULT_FILE).read_text()) for i in range(num_seeds)]
         policy, params, normalizer = trainer.evaluation_policy(load_policies(trainer, run_dir, num_seeds))
-        evaluate = make_evaluator(env, policy, episode_length, int(cfg.eval.episodes))
+        episode_stats = make_episode_stats(env, policy, episode_length, int(cfg.eval.episodes))
         eval_key = jax.random.PRNGKey(int(cfg.seed) + _EVAL_KEY_OFFSET)
-        eval_returns = np.asarray(jax.device_get(evaluate(params, normalizer, eval_key)))
+        stats = jax.device_get(episode_stats(params, normalizer, eval_key))
+        eval_returns = np.asarray(stats["return"])
         summary = build_summary(
             cfg, run_dir,
             eval_returns=eval_returns,
@@ -115,6 +116,7 @@ def train_external(cfg: DictConfig, run_dir: pathlib.Path) -> dict[str, Any]:
             env_steps_per_seed=int(np.mean([r["env_steps"] for r in results])),
             wall_clock_s=float(sum(r["wall_clock_s"] for r in results)),
             compile_time_s=None,  # compiled inside the agent's own loop: not measured apart
+            upright_fraction=np.asarray(stats["upright_fraction"]),
         )
         summary["seeds"] = "sequential"
         write_summary(run_dir, summary, wandb_sink)

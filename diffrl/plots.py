@@ -1,0 +1,98 @@
+"""Learning curves from sweep directories: per task, return against env steps and against wall clock,
+one line per algorithm (mean across seeds) with a ±1 std band. PNG and SVG, matplotlib.
+
+Reads each job's ``metrics.jsonl``: diffrl's jitted runners write one row per chunk with a per-seed
+``return`` list; the external trainers (diffrl/baselines) write one row per report with ``seed_index``.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from collections import defaultdict
+
+import numpy as np
+import yaml
+
+from diffrl.paper_results import ALGO_TITLES, TASK_TITLES
+
+AXES = (("env_steps", "env steps per seed"), ("wall_time_s", "wall clock (s)"))
+GRID_POINTS = 200
+
+
+def seed_curves(rows: list[dict]) -> list[dict[str, np.ndarray]]:
+    """Per-seed curves ``{"env_steps", "wall_time_s", "return"}`` from one job's metrics rows."""
+    per_seed: dict[int, dict[str, list[float]]] = defaultdict(lambda: {"env_steps": [], "wall_time_s": [], "return": []})
+    for row in rows:
+        returns = row.get("return")
+        if returns is None:
+            continue
+        if "seed_index" in row:  # an external trainer: one seed per row
+            returns = {int(row["seed_index"]): returns}
+        else:
+            returns = dict(enumerate(returns if isinstance(returns, list) else [returns]))
+        for seed, value in returns.items():
+            curve = per_seed[seed]
+            curve["env_steps"].append(row["env_steps"])
+            curve["wall_time_s"].append(row["wall_time_s"])
+            curve["return"].append(np.nan if value is None else value)
+    return [{k: np.asarray(v, dtype=float) for k, v in per_seed[s].items()} for s in sorted(per_seed)]
+
+
+def mean_band(curves: list[dict[str, np.ndarray]], x_key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Seeds interpolated onto a common x grid (up to the shortest seed's end): x, mean, std."""
+    curves = [c for c in curves if len(c[x_key])]
+    end = min(c[x_key][-1] for c in curves)
+    start = max(c[x_key][0] for c in curves)
+    x = np.linspace(start, end, GRID_POINTS) if end > start else np.asarray([end])
+    ys = np.stack([np.interp(x, c[x_key], c["return"]) for c in curves])
+    return x, np.nanmean(ys, axis=0), np.nanstd(ys, axis=0)
+
+
+def load_sweeps(sweep_dirs: list[pathlib.Path]) -> dict[str, dict[str, list[dict[str, np.ndarray]]]]:
+    """task -> algo -> per-seed curves, over every job directory that has metrics."""
+    curves: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    for sweep_dir in sweep_dirs:
+        for metrics_file in sorted(sweep_dir.rglob("metrics.jsonl")):
+            config_file = metrics_file.parent / ".hydra" / "config.yaml"
+            if not config_file.is_file():
+                continue
+            config = yaml.safe_load(config_file.read_text())
+            rows = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
+            curves[config["env"]["name"]][config["algo"]["name"]] += seed_curves(rows)
+    return curves
+
+
+def plot_task(task: str, curves_by_algo: dict[str, list], out_dir: pathlib.Path) -> list[pathlib.Path]:
+    """One figure per task, return vs env steps (left) and vs wall clock (right); writes PNG and SVG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+    for algo, curves in sorted(curves_by_algo.items()):
+        curves = [c for c in curves if len(c["return"])]
+        if not curves:
+            continue
+        for ax, (x_key, _) in zip(axes, AXES):
+            x, mean, std = mean_band(curves, x_key)
+            (line,) = ax.plot(x, mean, label=f"{ALGO_TITLES.get(algo, algo)} ({len(curves)} seeds)",
+                              marker="o" if len(x) == 1 else None)
+            ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
+    for ax, (_, label) in zip(axes, AXES):
+        ax.set_xlabel(label)
+        ax.set_ylabel("return")
+        ax.grid(alpha=0.3)
+    axes[0].legend(loc="best", fontsize="small")
+    fig.suptitle(f"{TASK_TITLES.get(task, task)}: mean ± std across seeds")
+    paths = [out_dir / f"curves_{task}.{ext}" for ext in ("png", "svg")]
+    for path in paths:
+        fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return paths
+
+
+def write_plots(sweep_dirs: list[pathlib.Path], out_dir: pathlib.Path) -> list[pathlib.Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return [path for task, by_algo in sorted(load_sweeps(sweep_dirs).items()) for path in plot_task(task, by_algo, out_dir)]

@@ -1,6 +1,6 @@
 """Training throughput of the baselines: Brax's jitted PPO/SAC vs stable-baselines3's, in one run.
 
-    python -m benchmarks.bench_baselines [--quick] [--out FILE] [--env cartpole_swingup] [--backend generalized]
+    python -m benchmarks.bench_baselines [--quick] [--out FILE] [--env NAME] [--backend generalized]
 
 Each agent trains one seed through ``diffrl train`` (the real runner and configs) on the same task
 with the same number of envs; the figure is env steps/s *during training*, from the progress reports
@@ -25,7 +25,10 @@ CONF_DIR = pathlib.Path(__file__).resolve().parents[1] / "conf"
 
 # name -> (algo overrides, env steps per seed (full, quick)); every agent runs NUM_ENVS envs.
 CASES = {
-    "ppo": (["unroll_length=20", "num_minibatches=8", "batch_size=64", "num_updates_per_batch=4"], (204800, 81920)),
+    "ppo": (
+        ["unroll_length=20", "num_minibatches=8", "batch_size=64", "num_updates_per_batch=4"],
+        (204800, 81920),
+    ),
     "sb3_ppo": (["n_steps=160", "batch_size=1280", "n_epochs=4"], (40960, 20480)),
     "sac": (["grad_updates_per_step=1"], (51200, 25600)),
     "sb3_sac": (["gradient_steps=1"], (12800, 6400)),
@@ -47,20 +50,37 @@ def training_rate(name: str, env: str, backend: str, quick: bool) -> dict:
     from diffrl.run import train
 
     options, steps = CASES[name]
-    overrides = [f"algo={name}", f"env={env}", f"env.backend={backend}", "num_seeds=1", "eval.episodes=1",
-                 "logger.wandb.enabled=false", "logger.console.progress_bar=false", f"iterations={steps[quick]}",
-                 f"algo.num_envs={NUM_ENVS}", "algo.num_evals=5", *[f"algo.{o}" for o in options]]
+    overrides = [
+        f"algo={name}",
+        f"env={env}",
+        f"env.backend={backend}",
+        "num_seeds=1",
+        "eval.episodes=1",
+        "logger.wandb.enabled=false",
+        "logger.console.progress_bar=false",
+        f"iterations={steps[quick]}",
+        f"algo.num_envs={NUM_ENVS}",
+        "algo.num_evals=5",
+        *[f"algo.{o}" for o in options],
+    ]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides)
     with tempfile.TemporaryDirectory() as run_dir:
         t0 = time.perf_counter()
         train(cfg, pathlib.Path(run_dir))
         wall = time.perf_counter() - t0
-        rows = [json.loads(line) for line in (pathlib.Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+        rows = [
+            json.loads(line) for line in (pathlib.Path(run_dir) / "metrics.jsonl").read_text().splitlines()
+        ]
     rates = [r["steps_per_second"] for r in rows if r.get("steps_per_second")]
     steady = rates[1:] or rates
-    return {"name": name, "sps": statistics.median(steady), "reports": len(steady), "wall_s": wall,
-            "env_steps": rows[-1]["env_steps"]}
+    return {
+        "name": name,
+        "sps": statistics.median(steady),
+        "reports": len(steady),
+        "wall_s": wall,
+        "env_steps": rows[-1]["env_steps"],
+    }
 
 
 def render(results: dict[str, dict], args, started: str) -> str:
@@ -71,7 +91,8 @@ def render(results: dict[str, dict], args, started: str) -> str:
         f"--backend {args.backend}` — {started}, {platform.node()}, {os.cpu_count()} CPUs "
         f"({platform.processor() or platform.machine()}), JAX on CPU.",
         "",
-        f"Task `{args.env}` ({args.backend} backend), {NUM_ENVS} envs for every agent, one seed each; env steps/s "
+        f"Task `{args.env}` ({args.backend} backend), {NUM_ENVS} envs for every agent, one seed each; "
+        "env steps/s "
         "during training (median over progress reports after the first).",
         "",
         "| agent | Brax env steps/s | SB3 env steps/s | Brax / SB3 |",
@@ -86,7 +107,9 @@ def render(results: dict[str, dict], args, started: str) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="fewer env steps per run")
     parser.add_argument("--out", type=pathlib.Path, default=DEFAULT_OUT)
     parser.add_argument("--env", default="cartpole_swingup")

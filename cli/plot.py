@@ -11,8 +11,8 @@ from diffrl.plots import write_plots
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="diffrl plot", description=__doc__)
-    parser.add_argument("sweep_dirs", nargs="+", type=pathlib.Path, help="sweep directories (diffrl train -m ...)")
-    parser.add_argument("--out", type=pathlib.Path, help="output directory (default: the first sweep directory)")
+    parser.add_argument("sweep_dirs", nargs="+", type=pathlib.Path, help="sweep directories")
+    parser.add_argument("--out", type=pathlib.Path, help="output directory (default: the first sweep dir)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     for sweep_dir in args.sweep_dirs:
         if not sweep_dir.is_dir():

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 PAPER = "CE-APG (Gillen & Byl 2022)"
 TASKS = ("cartpole_swingup", "acrobot", "double_pendulum_swingup")
-TASK_TITLES = {"cartpole_swingup": "Pendulum", "acrobot": "Acrobot", "double_pendulum_swingup": "Double pendulum"}
-ALGO_TITLES = {"ce_apg": "CE-APG", "ppo": "PPO", "sac": "SAC", "brax_apg": "Brax APG", "papg": "PAPG", "cem": "CEM"}
+TASK_TITLES = {"cartpole_swingup": "Pendulum", "acrobot": "Acrobot",
+               "double_pendulum_swingup": "Double pendulum"}
+ALGO_TITLES = {"ce_apg": "CE-APG", "ppo": "PPO", "sac": "SAC", "brax_apg": "Brax APG", "papg": "PAPG",
+               "cem": "CEM"}
 
 # (mean, std) per task, in TASKS order.
 _TABLE1 = {
@@ -29,7 +31,7 @@ PAPER_RESULTS: dict[tuple[str, str, str], tuple[float, float]] = {
     (table, algo, task): (float(mean), float(std))
     for table, rows in (("table1", _TABLE1), ("table2", _TABLE2))
     for algo, cells in rows.items()
-    for task, (mean, std) in zip(TASKS, cells)
+    for task, (mean, std) in zip(TASKS, cells, strict=True)
 }
 EXPERIMENT_TABLES = {"ceapg_table1": "table1", "ceapg_table2": "table2"}
 

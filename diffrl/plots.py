@@ -18,11 +18,12 @@ from diffrl.paper_results import ALGO_TITLES, TASK_TITLES
 
 AXES = (("env_steps", "env steps per seed"), ("wall_time_s", "wall clock (s)"))
 GRID_POINTS = 200
+CURVE_KEYS = ("env_steps", "wall_time_s", "return")
 
 
 def seed_curves(rows: list[dict]) -> list[dict[str, np.ndarray]]:
     """Per-seed curves ``{"env_steps", "wall_time_s", "return"}`` from one job's metrics rows."""
-    per_seed: dict[int, dict[str, list[float]]] = defaultdict(lambda: {"env_steps": [], "wall_time_s": [], "return": []})
+    per_seed: dict[int, dict[str, list]] = defaultdict(lambda: {key: [] for key in CURVE_KEYS})
     for row in rows:
         returns = row.get("return")
         if returns is None:
@@ -75,12 +76,12 @@ def plot_task(task: str, curves_by_algo: dict[str, list], out_dir: pathlib.Path)
         curves = [c for c in curves if len(c["return"])]
         if not curves:
             continue
-        for ax, (x_key, _) in zip(axes, AXES):
+        for ax, (x_key, _) in zip(axes, AXES, strict=True):
             x, mean, std = mean_band(curves, x_key)
             (line,) = ax.plot(x, mean, label=f"{ALGO_TITLES.get(algo, algo)} ({len(curves)} seeds)",
                               marker="o" if len(x) == 1 else None)
             ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
-    for ax, (_, label) in zip(axes, AXES):
+    for ax, (_, label) in zip(axes, AXES, strict=True):
         ax.set_xlabel(label)
         ax.set_ylabel("return")
         ax.grid(alpha=0.3)
@@ -95,4 +96,5 @@ def plot_task(task: str, curves_by_algo: dict[str, list], out_dir: pathlib.Path)
 
 def write_plots(sweep_dirs: list[pathlib.Path], out_dir: pathlib.Path) -> list[pathlib.Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    return [path for task, by_algo in sorted(load_sweeps(sweep_dirs).items()) for path in plot_task(task, by_algo, out_dir)]
+    curves = load_sweeps(sweep_dirs)
+    return [path for task in sorted(curves) for path in plot_task(task, curves[task], out_dir)]

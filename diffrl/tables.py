@@ -18,6 +18,7 @@ import yaml
 
 from diffrl.paper_results import ALGO_TITLES, EXPERIMENT_TABLES, PAPER, TASK_TITLES, TASKS, paper_result
 
+TABLE_TITLES = {"table1": "Table I", "table2": "Table II"}
 METRICS = ("final_return", "final_train_return")  # diffrl's own final evaluation, or the last training return
 
 
@@ -26,7 +27,7 @@ class Cell:
     algo: str
     task: str
     status: str = "missing"             # completed | failed | missing
-    per_seed: dict[tuple[int, int], float] = dataclasses.field(default_factory=dict)  # (seed, index) -> return
+    per_seed: dict[tuple[int, int], float] = dataclasses.field(default_factory=dict)  # (seed, index): return
     env_steps_per_seed: float | None = None
     wall_clock_s: float | None = None   # of the whole job (all its seeds)
     budget: str | None = None
@@ -44,7 +45,8 @@ class Cell:
 
 def job_dirs(sweep_dir: pathlib.Path) -> list[pathlib.Path]:
     """Every job directory under a sweep: it has Hydra's saved config or a summary."""
-    found = {p.parents[1] for p in sweep_dir.rglob(".hydra/config.yaml")} | {p.parent for p in sweep_dir.rglob("summary.json")}
+    found = {p.parents[1] for p in sweep_dir.rglob(".hydra/config.yaml")}
+    found |= {p.parent for p in sweep_dir.rglob("summary.json")}
     return sorted(found)
 
 
@@ -96,7 +98,8 @@ def sweep_plan(sweep_dir: pathlib.Path) -> tuple[list[str], list[str], str | Non
     for override in hydra.get("overrides", {}).get("task") or []:
         key, _, value = override.partition("=")
         wanted[key] = value
-    names = {key: [v for v in wanted.get(key, "").split(",") if v and "(" not in v] for key in ("algo", "env")}
+    simple = lambda key: [v for v in wanted.get(key, "").split(",") if v and "(" not in v]  # skips glob()
+    names = {key: simple(key) for key in ("algo", "env")}
     algos = names["algo"] or [cfg.get("algo", {}).get("name")]
     tasks = names["env"] or [cfg.get("env", {}).get("name")]
     experiment = hydra.get("runtime", {}).get("choices", {}).get("experiment")
@@ -165,7 +168,9 @@ def format_steps(steps: float | None) -> str:
 def format_duration(seconds: float | None) -> str:
     if seconds is None:
         return "–"
-    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
 def cell_text(cell: Cell) -> str:
@@ -184,8 +189,8 @@ def markdown_table(cells, algos, tasks, table: str | None, metric: str = "final_
     what = "final evaluation return (16 deterministic episodes per seed)" if metric == "final_return" else (
         "final training return")
     lines = [f"Mean ± std over seeds (population std) of each seed's {what}; paper: {PAPER}"
-             + (f", {table.replace('table', 'Table ')}" if table else "") + ".", ""]
-    header = ["algorithm"] + [f"{title(t, TASK_TITLES)} {col}" for t in tasks for col in ("(measured)", "(paper)")]
+             + (f", {TABLE_TITLES.get(table, table)}" if table else "") + ".", ""]
+    header = ["algorithm"] + [f"{title(t, TASK_TITLES)} ({c})" for t in tasks for c in ("measured", "paper")]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for algo in algos:
         row = [title(algo, ALGO_TITLES)]
@@ -217,7 +222,8 @@ def csv_rows(cells, algos, tasks, table: str | None) -> list[dict[str, Any]]:
             paper = paper_result(algo, task, table) or (None, None)
             rows.append({
                 "algo": algo, "task": task, "status": cell.status, "mean": cell.mean, "std": cell.std,
-                "num_seeds": len(cell.per_seed), "per_seed": " ".join(f"{v:.6g}" for v in cell.per_seed.values()),
+                "num_seeds": len(cell.per_seed),
+                "per_seed": " ".join(f"{v:.6g}" for v in cell.per_seed.values()),
                 "paper_mean": paper[0], "paper_std": paper[1], "env_steps_per_seed": cell.env_steps_per_seed,
                 "wall_clock_s": cell.wall_clock_s, "budget": cell.budget, "reason": cell.reason,
                 "run_dirs": " ".join(cell.run_dirs),

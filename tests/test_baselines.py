@@ -9,17 +9,24 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import REPO, compose_train
 from omegaconf import OmegaConf
 
-from conftest import REPO, compose_train
 from diffrl.baselines.runner import build_trainer, finished_seeds, seed_dir
 from diffrl.envs import make_env
 from diffrl.eval_run import evaluate_run
 from diffrl.run import _EVAL_KEY_OFFSET, train
 
 # Short runs on the cart-pole swing-up (closed-form dynamics: the fastest backend to compile and run).
-COMMON = ("env=cartpole_swingup", "env.backend=analytic", "num_seeds=1", "eval.episodes=4",
-          "logger.wandb.enabled=false", "logger.console.progress_bar=false", "algo.num_evals=3")
+COMMON = (
+    "env=cartpole_swingup",
+    "env.backend=analytic",
+    "num_seeds=1",
+    "eval.episodes=4",
+    "logger.wandb.enabled=false",
+    "logger.console.progress_bar=false",
+    "algo.num_evals=3",
+)
 # algo -> (overrides, minimum gain of the final return over the initial policy's). Gains measured with
 # seed 0 on 2 shared cores: ppo +1362 (40k steps), sb3_ppo +142 (20k steps); thresholds leave a margin.
 # SAC needs more updates than a fast test affords: its learning tests are marked slow.
@@ -41,7 +48,9 @@ def requires(algo):
         pytest.importorskip("stable_baselines3")
 
 
-@pytest.mark.parametrize("algo", [pytest.param(a, marks=pytest.mark.slow) if a in SLOW else a for a in LEARNING])
+@pytest.mark.parametrize(
+    "algo", [pytest.param(a, marks=pytest.mark.slow) if a in SLOW else a for a in LEARNING]
+)
 def test_short_run_improves_on_the_initial_policy_and_reloads(algo, tmp_path):
     requires(algo)
     overrides, min_gain = LEARNING[algo]
@@ -78,17 +87,21 @@ def test_brax_policy_checkpoint_reloads_with_identical_actions(algo, tmp_path):
     trainer, _ = build_trainer(cfg, env)
     normalizer, params = trainer._like()
     # A non-trivial policy: random weights and observation statistics.
-    params = jax.tree.map(lambda x: x + 0.3 * jax.random.normal(jax.random.PRNGKey(1), x.shape, x.dtype), params)
+    params = jax.tree.map(
+        lambda x: x + 0.3 * jax.random.normal(jax.random.PRNGKey(1), x.shape, x.dtype), params
+    )
     normalizer = normalizer.replace(mean=jnp.arange(4.0), std=jnp.linspace(0.5, 2.0, 4))
     trainer.save((normalizer, params), tmp_path)
     reloaded = trainer.load(tmp_path)
 
     obs = jax.random.normal(jax.random.PRNGKey(2), (8, env.observation_size))
-    actions = []
-    for policy_params in ((normalizer, params), reloaded):
+
+    def actions_of(policy_params):
         policy, stacked, norm = trainer.evaluation_policy([policy_params])
         one = jax.tree.map(lambda x: x[0], stacked)
-        actions.append(jax.vmap(lambda o: policy.act(one, norm[0], policy.initial_carry(), o)[1])(obs))
+        return jax.vmap(lambda o: policy.act(one, norm[0], policy.initial_carry(), o)[1])(obs)
+
+    actions = [actions_of((normalizer, params)), actions_of(reloaded)]
     np.testing.assert_array_equal(actions[0], actions[1])
     assert float(jnp.std(actions[0])) > 1e-3  # not a constant policy
 
@@ -102,12 +115,20 @@ def test_sb3_checkpoint_reloads_with_identical_actions(algo, tmp_path):
     from diffrl.baselines.vec_env import JaxVecEnv
 
     small_batch = {"batch_size": 64} if algo == "sb3_ppo" else {}  # a minibatch that fits 2 envs' rollout
-    model = trainer.algo_class("MlpPolicy", JaxVecEnv(env, 2, 10), seed=0, device="cpu",
-                               policy_kwargs=trainer.policy_kwargs, **{**trainer.kwargs, **small_batch})
+    model = trainer.algo_class(
+        "MlpPolicy",
+        JaxVecEnv(env, 2, 10),
+        seed=0,
+        device="cpu",
+        policy_kwargs=trainer.policy_kwargs,
+        **{**trainer.kwargs, **small_batch},
+    )
     trainer.save(model, tmp_path)
     reloaded = trainer.load(tmp_path)
     obs = np.random.default_rng(0).normal(size=(8, env.observation_size)).astype(np.float32)
-    np.testing.assert_array_equal(model.predict(obs, deterministic=True)[0], reloaded.predict(obs, deterministic=True)[0])
+    np.testing.assert_array_equal(
+        model.predict(obs, deterministic=True)[0], reloaded.predict(obs, deterministic=True)[0]
+    )
     # ... and the JAX-side adapter (used by the evaluator) gives SB3's own actions.
     policy, index, norm = trainer.evaluation_policy([reloaded])
     via_jax = jax.jit(lambda o: policy.act(index[0], norm[0], policy.initial_carry(), o)[1])(obs)
@@ -115,8 +136,15 @@ def test_sb3_checkpoint_reloads_with_identical_actions(algo, tmp_path):
 
 
 def test_resume_keeps_finished_seeds_and_reruns_the_rest(tmp_path):
-    overrides = (*COMMON, "algo=ppo", "num_seeds=2", "iterations=1", "env.episode_length=20",
-                 "algo.num_evals=2", "eval.episodes=1")
+    overrides = (
+        *COMMON,
+        "algo=ppo",
+        "num_seeds=2",
+        "iterations=1",
+        "env.episode_length=20",
+        "algo.num_evals=2",
+        "eval.episodes=1",
+    )
     train(compose_train(*overrides), tmp_path)
     # Simulate a job killed during seed 1: its checkpoint and its metrics are incomplete.
     (seed_dir(tmp_path, 1) / "result.json").unlink()
@@ -128,9 +156,13 @@ def test_resume_keeps_finished_seeds_and_reruns_the_rest(tmp_path):
 
 
 def test_torch_is_not_imported_for_brax_agents():
-    code = ("import sys; from conftest import compose_train; from diffrl.baselines.runner import build_trainer;"
-            "from diffrl.envs import make_env; cfg = compose_train('algo=ppo');"
-            "build_trainer(cfg, make_env('acrobot', 'analytic')); import diffrl.run, diffrl.eval_run;"
-            "assert 'torch' not in sys.modules and 'stable_baselines3' not in sys.modules, 'torch imported'")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO / "tests", capture_output=True, text=True, timeout=120)
+    code = (
+        "import sys; from conftest import compose_train; from diffrl.baselines.runner import build_trainer;"
+        "from diffrl.envs import make_env; cfg = compose_train('algo=ppo');"
+        "build_trainer(cfg, make_env('acrobot', 'analytic')); import diffrl.run, diffrl.eval_run;"
+        "assert 'torch' not in sys.modules and 'stable_baselines3' not in sys.modules, 'torch imported'"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO / "tests", capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]

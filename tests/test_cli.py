@@ -17,7 +17,8 @@ def diffrl(*args):
 def test_help_lists_subcommands():
     proc = diffrl("--help")
     assert proc.returncode == 0
-    assert "train" in proc.stdout and "eval" in proc.stdout
+    for command in ("train", "eval", "table", "plot"):
+        assert f"  {command} " in proc.stdout
 
 
 def test_unknown_subcommand_prints_usage_and_fails():
@@ -33,6 +34,7 @@ def test_unknown_subcommand_prints_usage_and_fails():
         ("env=nope", "unknown env 'nope'; valid choices: acrobot, cartpole_swingup, double_pendulum_swingup"),
         ("env=acrobot,nope", "unknown env 'nope'"),
         ("hardware=tpu", "unknown hardware 'tpu'; valid choices: cpu, gpu"),
+        ("launcher=nope", "unknown launcher 'nope'; valid choices: joblib, local, slurm, submitit_local"),
     ],
 )
 def test_bad_choice_is_one_readable_line(override, expected):

@@ -69,7 +69,11 @@ class BraxAgent:
         def progress_fn(brax_step: int, metrics: dict[str, Any]) -> None:
             step, env_steps = self.units(int(brax_step))
             now = time.perf_counter()
-            sps = (env_steps - last["env_steps"]) / (now - last["time"]) if env_steps > last["env_steps"] else None
+            sps = (
+                (env_steps - last["env_steps"]) / (now - last["time"])
+                if env_steps > last["env_steps"]
+                else None
+            )
             last.update(time=now, env_steps=env_steps)
             report(Report(step, env_steps, float(metrics[RETURN_KEY]), _scalars(metrics), sps))
 
@@ -86,10 +90,14 @@ class BraxAgent:
 
     # --- the trained policy ---------------------------------------------------------------------
     def network(self):
-        normalize = (running_statistics.normalize if self.options.get("normalize_observations")
-                     else brax_types.identity_observation_preprocessor)
-        return self.network_factory()(self.env.observation_size, self.env.action_size,
-                                      preprocess_observations_fn=normalize)
+        normalize = (
+            running_statistics.normalize
+            if self.options.get("normalize_observations")
+            else brax_types.identity_observation_preprocessor
+        )
+        return self.network_factory()(
+            self.env.observation_size, self.env.action_size, preprocess_observations_fn=normalize
+        )
 
     def _like(self) -> tuple[Any, Any]:
         """Structure, shapes and dtypes of a trained policy's params, for restoring them."""
@@ -128,5 +136,7 @@ class BraxAPG(BraxAgent):
         # Brax's APG reports the epoch index; it runs round(updates / (num_evals - 1)) updates per epoch.
         epochs = max(int(self.options.get("num_evals", 1)) - 1, 1)
         updates = brax_step * round(self.iterations / epochs)
-        env_steps = updates * int(self.options.get("num_envs", 1)) * int(self.options.get("horizon_length", 32))
+        env_steps = (
+            updates * int(self.options.get("num_envs", 1)) * int(self.options.get("horizon_length", 32))
+        )
         return updates, env_steps

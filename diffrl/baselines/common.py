@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -56,7 +57,9 @@ class FeedForwardPolicy:
     def initial_carry(self) -> jax.Array:
         return jnp.zeros(())
 
-    def act(self, params: Any, normalizer: Any, carry: jax.Array, obs: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def act(
+        self, params: Any, normalizer: Any, carry: jax.Array, obs: jax.Array
+    ) -> tuple[jax.Array, jax.Array]:
         action, _ = self.make_policy(params, deterministic=True)(obs, jax.random.PRNGKey(0))
         return carry, action
 

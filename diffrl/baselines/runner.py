@@ -79,8 +79,14 @@ def train_external(cfg: DictConfig, run_dir: pathlib.Path) -> dict[str, Any]:
     env = make_env(cfg.env.name, cfg.env.backend)
     trainer, iterations = build_trainer(cfg, env)
     num_seeds, episode_length = int(cfg.num_seeds), int(cfg.env.episode_length)
-    log.info("%s on %s (%s backend): %d iterations x %d seeds, seeds run sequentially (external trainer)",
-             cfg.algo.name, cfg.env.name, cfg.env.backend, iterations, num_seeds)
+    log.info(
+        "%s on %s (%s backend): %d iterations x %d seeds, seeds run sequentially (external trainer)",
+        cfg.algo.name,
+        cfg.env.name,
+        cfg.env.backend,
+        iterations,
+        num_seeds,
+    )
 
     run_file = run_dir / "checkpoints" / "run.json"
     done = finished_seeds(run_dir, num_seeds) if cfg.resume else 0
@@ -89,14 +95,17 @@ def train_external(cfg: DictConfig, run_dir: pathlib.Path) -> dict[str, Any]:
         log.info("resumed: %d of %d seeds finished, continuing with seed %d", done, num_seeds, done)
         if cfg.logger.jsonl.enabled:
             keep_rows_of_finished_seeds(run_dir / cfg.logger.jsonl.filename, done)
-    logger, wandb_sink = make_logger(cfg, run_dir, done * iterations if cfg.resume else None, run_info["wandb_id"])
+    logger, wandb_sink = make_logger(
+        cfg, run_dir, done * iterations if cfg.resume else None, run_info["wandb_id"]
+    )
     if wandb_sink is not None:
         run_info["wandb_id"] = wandb_sink.run_id
     run_file.parent.mkdir(parents=True, exist_ok=True)
     run_file.write_text(json.dumps(run_info) + "\n")
 
-    progress = ProgressDisplay(cfg.logger.console, num_seeds * iterations, done * iterations,
-                               enabled=cfg.logger.console.enabled)
+    progress = ProgressDisplay(
+        cfg.logger.console, num_seeds * iterations, done * iterations, enabled=cfg.logger.console.enabled
+    )
     try:
         with progress:
             for index in range(done, num_seeds):
@@ -109,7 +118,8 @@ def train_external(cfg: DictConfig, run_dir: pathlib.Path) -> dict[str, Any]:
         stats = jax.device_get(episode_stats(params, normalizer, eval_key))
         eval_returns = np.asarray(stats["return"])
         summary = build_summary(
-            cfg, run_dir,
+            cfg,
+            run_dir,
             eval_returns=eval_returns,
             train_returns=[r["train_return"] for r in results],
             iterations=iterations,
@@ -125,7 +135,9 @@ def train_external(cfg: DictConfig, run_dir: pathlib.Path) -> dict[str, Any]:
         logger.close()
 
 
-def train_one_seed(cfg, trainer, run_dir: pathlib.Path, index: int, iterations: int, logger, progress) -> None:
+def train_one_seed(
+    cfg, trainer, run_dir: pathlib.Path, index: int, iterations: int, logger, progress
+) -> None:
     """Trains seed ``index`` with the agent's own loop, logging its reports; then checkpoints it."""
     seed = agent_seed(int(cfg.seed), int(cfg.num_seeds), index)
     start = time.perf_counter()
@@ -144,7 +156,9 @@ def train_one_seed(cfg, trainer, run_dir: pathlib.Path, index: int, iterations: 
         if r.steps_per_second is not None:
             row["steps_per_second"] = r.steps_per_second
         logger.log(row, step=row["iteration"] + index)  # + index: wandb steps stay strictly increasing
-        progress.update({**row, "return_mean": r.episode_return, "steps_per_second": r.steps_per_second or 0.0})
+        progress.update(
+            {**row, "return_mean": r.episode_return, "steps_per_second": r.steps_per_second or 0.0}
+        )
         last.update(row)
 
     log.info("seed %d/%d (agent seed %d)", index + 1, cfg.num_seeds, seed)
@@ -172,4 +186,10 @@ def load_external_policy(run_dir: pathlib.Path, cfg: DictConfig):
         raise FileNotFoundError(f"no finished seed under {pathlib.Path(run_dir) / 'checkpoints'} to evaluate")
     policy, params, normalizer = trainer.evaluation_policy(load_policies(trainer, run_dir, done))
     env_steps = json.loads((seed_dir(run_dir, done - 1) / RESULT_FILE).read_text())["env_steps"]
-    return Experiment(env, policy, None, iterations, int(cfg.env.episode_length)), cfg, params, normalizer, env_steps
+    return (
+        Experiment(env, policy, None, iterations, int(cfg.env.episode_length)),
+        cfg,
+        params,
+        normalizer,
+        env_steps,
+    )

@@ -68,7 +68,9 @@ class _LastValues(KVWriter):
         self.values: dict[str, float] = {}
 
     def write(self, key_values: dict[str, Any], key_excluded: dict[str, Any], step: int = 0) -> None:
-        self.values.update({k: float(v) for k, v in key_values.items() if isinstance(v, (int, float, np.number))})
+        self.values.update(
+            {k: float(v) for k, v in key_values.items() if isinstance(v, (int, float, np.number))}
+        )
 
 
 class _ReportCallback(BaseCallback):
@@ -138,8 +140,15 @@ class SB3Agent:
     def train_seed(self, seed: int, report: ReportFn) -> Any:
         torch.set_num_threads(self.torch_threads)
         vec_env = JaxVecEnv(self.env, self.num_envs, self.episode_length, seed)
-        model = self.algo_class("MlpPolicy", vec_env, seed=seed, device="cpu", verbose=0,
-                                policy_kwargs=self.policy_kwargs, **self.kwargs)
+        model = self.algo_class(
+            "MlpPolicy",
+            vec_env,
+            seed=seed,
+            device="cpu",
+            verbose=0,
+            policy_kwargs=self.policy_kwargs,
+            **self.kwargs,
+        )
         last_values = _LastValues()
         model.set_logger(Logger(folder=None, output_formats=[last_values]))
         self._eval_key = jax.random.PRNGKey(seed)

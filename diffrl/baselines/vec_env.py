@@ -55,7 +55,7 @@ def _step_batch(env: Env, episode_length: int, batch: BatchState, actions: jax.A
 
 
 class JaxVecEnv(VecEnv):
-    """``num_envs`` copies of a diffrl env behind SB3's ``VecEnv`` API (float32 Box spaces, actions in [-1, 1])."""
+    """``num_envs`` copies of a diffrl env behind SB3's ``VecEnv`` API (float32 Boxes; actions in [-1, 1])."""
 
     def __init__(self, env: Env, num_envs: int, episode_length: int = 500, seed: int = 0):
         self.env, self.episode_length = env, int(episode_length)
@@ -86,7 +86,9 @@ class JaxVecEnv(VecEnv):
         if self._batch is None:
             raise RuntimeError("JaxVecEnv.step called before reset")
         self._batch, out = self._step(self._batch, jnp.asarray(self._actions))
-        obs, rewards, dones, terminal_obs, returns = (np.array(x) for x in jax.device_get(out))  # writable copies
+        obs, rewards, dones, terminal_obs, returns = (
+            np.array(x) for x in jax.device_get(out)
+        )  # writable copies
         infos: list[dict[str, Any]] = [{} for _ in range(self.num_envs)]
         if dones.any():
             elapsed = time.perf_counter() - self._episode_start

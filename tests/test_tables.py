@@ -1,0 +1,109 @@
+"""``diffrl table`` on hand-made sweep directories: mean/std, failed and missing cells, the paper column."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import run_diffrl
+from diffrl.paper_results import PAPER_RESULTS, paper_result
+from diffrl.tables import collect_cells, format_number, write_tables
+
+
+def make_job(sweep_dir, algo, task, per_seed=None, *, status="completed", log=None, seed=0):
+    """A job directory as `diffrl train -m` leaves it; ``per_seed=None`` -> no summary.json (killed)."""
+    job = sweep_dir / f"{task}_{algo}"
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"algo": {"name": algo}, "env": {"name": task},
+                                                                "budget": "quick", "seed": seed}))
+    if log is not None:
+        (job / "train.log").write_text(log)
+    if per_seed is not None:
+        arr = np.asarray(per_seed, dtype=float)
+        summary = {"status": status, "env": task, "algo": algo, "budget": "quick", "seed": seed,
+                   "num_seeds": len(per_seed), "env_steps_per_seed": 12000, "wall_clock_s": 90.0,
+                   "final_return": {"per_seed": per_seed, "mean": arr.mean(), "std": arr.std()}}
+        (job / "summary.json").write_text(json.dumps(summary))
+    return job
+
+
+def make_sweep(tmp_path, algos, tasks, experiment="ceapg_table1"):
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    multirun = {"hydra": {"sweeper": {"params": {"algo": ",".join(algos), "env": ",".join(tasks)}},
+                          "overrides": {"task": [f"experiment={experiment}"]},
+                          "runtime": {"choices": {"experiment": experiment}}}}
+    (sweep / "multirun.yaml").write_text(yaml.safe_dump(multirun))
+    return sweep
+
+
+def test_cells_are_mean_and_population_std_with_the_paper_beside(tmp_path):
+    sweep = make_sweep(tmp_path, ["ce_apg", "ppo"], ["acrobot"])
+    make_job(sweep, "ce_apg", "acrobot", [1000.0, 2000.0, 4000.0])
+    make_job(sweep, "ppo", "acrobot", [10.0, 30.0])
+    cells, algos, tasks, table = collect_cells([sweep])
+    assert (algos, tasks, table) == (["ce_apg", "ppo"], ["acrobot"], "table1")
+    cell = cells[("ce_apg", "acrobot")]
+    assert cell.status == "completed"
+    assert cell.mean == pytest.approx(7000 / 3)
+    assert cell.std == pytest.approx(np.std([1000, 2000, 4000]))  # population std (ddof 0)
+    assert cells[("ppo", "acrobot")].std == pytest.approx(10.0)
+
+    md_path, csv_path = write_tables([sweep], tmp_path / "out")
+    md = md_path.read_text()
+    assert "| CE-APG | 2333 ± 1247 (3 seeds) | 3053 ± 458 |" in md
+    assert "| PPO | 20 ± 10 (2 seeds) | 405 ± 927 |" in md
+    assert "12k steps, 90 s" in md
+    rows = list(csv.DictReader(csv_path.open()))
+    assert [(r["algo"], r["task"], r["status"]) for r in rows] == [("ce_apg", "acrobot", "completed"),
+                                                                   ("ppo", "acrobot", "completed")]
+    assert float(rows[0]["mean"]) == pytest.approx(7000 / 3) and float(rows[0]["paper_mean"]) == 3053
+
+
+def test_failed_killed_and_missing_jobs_are_shown_never_dropped(tmp_path):
+    sweep = make_sweep(tmp_path, ["ce_apg", "sac", "brax_apg", "ppo"], ["acrobot"])
+    make_job(sweep, "ce_apg", "acrobot", [1.0, 2.0])
+    failed = make_job(sweep, "sac", "acrobot")
+    (failed / "summary.json").write_text(json.dumps({"status": "failed", "algo": "sac", "env": "acrobot",
+                                                     "error": "ValueError: boom"}))
+    make_job(sweep, "brax_apg", "acrobot", log="[2026-11-21 10:00:00][diffrl][ERROR] - out of memory\n")
+    # ppo: in the sweep's plan, no directory at all
+    cells, *_ = collect_cells([sweep])
+    assert cells[("sac", "acrobot")].status == "failed"
+    assert cells[("sac", "acrobot")].reason == "ValueError: boom"
+    assert cells[("brax_apg", "acrobot")].status == "failed"
+    assert cells[("brax_apg", "acrobot")].reason == "out of memory"
+    assert cells[("ppo", "acrobot")].status == "missing"
+
+    md = write_tables([sweep], tmp_path / "out")[0].read_text()
+    assert "**failed**: ValueError: boom" in md and "**failed**: out of memory" in md
+    assert "**missing**: no job directory" in md
+    rows = {r["algo"]: r for r in csv.DictReader((tmp_path / "out" / "results.csv").open())}
+    assert rows["ppo"]["status"] == "missing" and rows["ppo"]["mean"] == ""
+
+
+def test_a_task_with_no_job_of_one_algo_is_missing(tmp_path):
+    sweep = make_sweep(tmp_path, ["cem"], ["cartpole_swingup", "acrobot"], experiment="ceapg_table2")
+    make_job(sweep, "cem", "acrobot", [5.0, 7.0])
+    cells, algos, tasks, table = collect_cells([sweep])
+    assert tasks == ["cartpole_swingup", "acrobot"] and table == "table2"  # the paper's column order
+    assert cells[("cem", "cartpole_swingup")].status == "missing"
+    assert cells[("cem", "acrobot")].mean == 6.0
+
+
+def test_paper_results_cover_both_tables():
+    assert paper_result("ce_apg", "acrobot") == (3053.0, 458.0)
+    assert paper_result("cem", "double_pendulum_swingup", "table2") == (-2.7e5, 7.6e5)
+    assert paper_result("cem", "acrobot", "table1") is None
+    assert len(PAPER_RESULTS) == 3 * (4 + 3)
+    assert format_number(-3.9e5) == "-3.9e5" and format_number(-355.0) == "-355"
+
+
+def test_diffrl_table_command(tmp_path):
+    sweep = make_sweep(tmp_path, ["cem"], ["acrobot"], experiment="ceapg_table2")
+    make_job(sweep, "cem", "acrobot", [5.0, 7.0])
+    proc = run_diffrl("table", str(sweep), "--out", str(tmp_path / "out"), cwd=tmp_path)
+    assert "| CEM | 6 ± 1 (2 seeds) | 626 ± 160 |" in proc.stdout
+    assert (tmp_path / "out" / "results.md").is_file() and (tmp_path / "out" / "results.csv").is_file()

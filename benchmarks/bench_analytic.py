@@ -89,9 +89,7 @@ def run_case(case: Case, repeats: int, log) -> dict[str, Timing]:
         out[mode] = measure(fn, (params,), steps, repeats)
         t = out[mode]
         name = f"{case.task} {case.backend} batch {case.batch} horizon {case.horizon} {mode}"
-        log(
-            f"  {name}: compile {t.compile_s:.1f} s, run {t.run_s * 1e3:.1f} ms, {t.steps_per_s:,.0f} steps/s"
-        )
+        log(f"  {name}: compile {t.compile_s:.1f} s, run {t.run_s * 1e3:.1f} ms, {t.steps_per_s:,.0f} steps/s")
     return out
 
 
@@ -116,9 +114,7 @@ def machine() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--quick", action="store_true", help="short horizons, double pendulum, generalized only"
-    )
+    parser.add_argument("--quick", action="store_true", help="short horizons, double pendulum, generalized only")
     parser.add_argument("--out", type=pathlib.Path, default=ROOT / "benchmarks" / "results" / "analytic.md")
     parser.add_argument("--repeats", type=int, default=3, help="steady-state calls; the best one counts")
     args = parser.parse_args()

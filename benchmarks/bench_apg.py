@@ -84,8 +84,12 @@ def main() -> None:
         compile_s, run_s, steps = time_chunk(cfg, 1, args.repeats)
         rows.append((seeds, compile_s, run_s, steps * seeds / run_s))
     ratio = rows[1][2] / rows[0][2]
-    lines += ["## Seeds as a vmap axis (quick budget, one outer iteration)", "",
-              "| seeds | compile s | run s | env steps/s (all seeds) |", "|---|---|---|---|"]
+    lines += [
+        "## Seeds as a vmap axis (quick budget, one outer iteration)",
+        "",
+        "| seeds | compile s | run s | env steps/s (all seeds) |",
+        "|---|---|---|---|",
+    ]
     lines += [f"| {s} | {c:.1f} | {r:.2f} | {sps:,.0f} |" for s, c, r, sps in rows]
     lines += ["", f"8 seeds cost **{ratio:.2f}x** one seed (target <= 3x).", ""]
     print("\n".join(lines[-7:]), flush=True)

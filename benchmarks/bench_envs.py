@@ -51,9 +51,7 @@ class Sizes:
     speed_backends: tuple[str, ...]  # the others get the accuracy check only
 
 
-FULL = Sizes(
-    (64, 512), horizon=500, policy_batch=64, grad_batch=16, repeats=3, speed_backends=PIPELINE_BACKENDS
-)
+FULL = Sizes((64, 512), horizon=500, policy_batch=64, grad_batch=16, repeats=3, speed_backends=PIPELINE_BACKENDS)
 # Compiling one backend's programs (the gradient above all) takes ~1 min on 2 cores: quick times only the
 # generalized backend and checks the accuracy of all four.
 QUICK = Sizes((64,), horizon=100, policy_batch=16, grad_batch=4, repeats=3, speed_backends=("generalized",))
@@ -145,9 +143,7 @@ def max_deviation(task, traj, ref) -> float:
 
 def bench_env_steps(env, batch: int, horizon: int, repeats: int) -> Timing:
     starts = jax.jit(jax.vmap(env.reset))(jax.random.split(jax.random.PRNGKey(0), batch))
-    actions = jax.random.uniform(
-        jax.random.PRNGKey(1), (horizon, batch, env.action_size), minval=-1, maxval=1
-    )
+    actions = jax.random.uniform(jax.random.PRNGKey(1), (horizon, batch, env.action_size), minval=-1, maxval=1)
     batched_step = jax.vmap(env.step)
 
     @jax.jit
@@ -269,14 +265,10 @@ class Row:
 
 
 def bench_speed(env, sizes: Sizes, checkpoint: bool) -> Speed:
-    policy, inline, same_program = bench_policy_rollouts(
-        env, sizes.policy_batch, sizes.horizon, sizes.repeats
-    )
+    policy, inline, same_program = bench_policy_rollouts(env, sizes.policy_batch, sizes.horizon, sizes.repeats)
     grad_checkpoint = None
     if checkpoint:
-        grad_checkpoint = bench_gradient(
-            CheckpointedStep(env), sizes.grad_batch, sizes.horizon, sizes.repeats
-        )
+        grad_checkpoint = bench_gradient(CheckpointedStep(env), sizes.grad_batch, sizes.horizon, sizes.repeats)
     return Speed(
         env={b: bench_env_steps(env, b, sizes.horizon, sizes.repeats) for b in sizes.env_batches},
         policy=policy,
@@ -393,9 +385,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=pathlib.Path, default=DEFAULT_OUT, help="markdown file for the table")
     parser.add_argument("--tasks", nargs="+", choices=sorted(TASKS), default=sorted(TASKS))
     parser.add_argument("--backends", nargs="+", choices=PIPELINE_BACKENDS, default=list(PIPELINE_BACKENDS))
-    parser.add_argument(
-        "--checkpoint", action="store_true", help="also time the gradient with jax.checkpoint"
-    )
+    parser.add_argument("--checkpoint", action="store_true", help="also time the gradient with jax.checkpoint")
     args = parser.parse_args(argv)
     args.argv = argv if argv is not None else sys.argv[1:]
     return args

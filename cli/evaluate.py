@@ -12,5 +12,6 @@ from cli.main import CONF_DIR
 def main(cfg: DictConfig) -> None:
     from diffrl.eval_run import evaluate_run
 
-    evaluate_run(cfg.run_dir, episodes=int(cfg.episodes), seed=int(cfg.seed), html=bool(cfg.html),
-                 platform=cfg.hardware_platform)
+    evaluate_run(
+        cfg.run_dir, episodes=int(cfg.episodes), seed=int(cfg.seed), html=bool(cfg.html), platform=cfg.hardware_platform
+    )

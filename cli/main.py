@@ -19,7 +19,10 @@ import yaml
 CONF_DIR = pathlib.Path(__file__).resolve().parents[1] / "conf"
 COMMANDS = {
     "train": ("cli.train", "train a policy: diffrl train env=acrobot algo=cem [key=value ...] [-m]"),
-    "eval": ("cli.evaluate", "evaluate a finished or interrupted run: diffrl eval run_dir=<dir> [episodes=N html=true]"),
+    "eval": (
+        "cli.evaluate",
+        "evaluate a finished or interrupted run: diffrl eval run_dir=<dir> [episodes=N html=true]",
+    ),
     "table": ("cli.table", "results table beside the paper's: diffrl table <sweep dir> [...] [--out DIR]"),
     "plot": ("cli.plot", "learning curves of sweeps: diffrl plot <sweep dir> [...] [--out DIR]"),
 }
@@ -33,8 +36,11 @@ class UsageError(Exception):
 def usage() -> str:
     lines = ["usage: diffrl <command> [key=value ...] [-m] [--help]", "", "commands:"]
     lines += [f"  {name:<7} {help_text}" for name, (_, help_text) in COMMANDS.items()]
-    lines += ["", "train and eval are Hydra apps: `diffrl train --help` lists their config groups and",
-              "options; table and plot take plain arguments: `diffrl table --help`."]
+    lines += [
+        "",
+        "train and eval are Hydra apps: `diffrl train --help` lists their config groups and",
+        "options; table and plot take plain arguments: `diffrl table --help`.",
+    ]
     return "\n".join(lines)
 
 

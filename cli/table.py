@@ -13,11 +13,16 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="diffrl table", description=__doc__)
     parser.add_argument("sweep_dirs", nargs="+", type=pathlib.Path, help="sweep directories")
     parser.add_argument("--out", type=pathlib.Path, help="output directory (default: the first sweep dir)")
-    parser.add_argument("--metric", choices=METRICS, default="final_return",
-                        help="final_return: diffrl's final evaluation (default); "
-                             "final_train_return: the last training return (what the paper reports)")
-    parser.add_argument("--paper", choices=("table1", "table2"),
-                        help="paper table to compare with (default: the sweep's experiment)")
+    parser.add_argument(
+        "--metric",
+        choices=METRICS,
+        default="final_return",
+        help="final_return: diffrl's final evaluation (default); "
+        "final_train_return: the last training return (what the paper reports)",
+    )
+    parser.add_argument(
+        "--paper", choices=("table1", "table2"), help="paper table to compare with (default: the sweep's experiment)"
+    )
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     for sweep_dir in args.sweep_dirs:
         if not sweep_dir.is_dir():

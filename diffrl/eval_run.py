@@ -61,14 +61,17 @@ def write_replay(exp, params, normalizer, key, path: pathlib.Path) -> None:
     path.write_text(html.render(sys.tree_replace({"opt.timestep": exp.env.dt}), frames))
 
 
-def evaluate_run(run_dir: str | pathlib.Path, episodes: int = 16, seed: int = 12345, html: bool = False,
-                 platform: str = "cpu") -> dict[str, Any]:
+def evaluate_run(
+    run_dir: str | pathlib.Path, episodes: int = 16, seed: int = 12345, html: bool = False, platform: str = "cpu"
+) -> dict[str, Any]:
     run_dir = pathlib.Path(run_dir).expanduser().absolute()
     cfg = load_run_config(run_dir)
     configure_jax(OmegaConf.merge(cfg.hardware, {"platform": platform}))
     exp, cfg, params, normalizer, iteration = load_policy(run_dir)
     key = jax.random.PRNGKey(seed)
-    stats = jax.device_get(make_episode_stats(exp.env, exp.policy, exp.episode_length, episodes)(params, normalizer, key))
+    stats = jax.device_get(
+        make_episode_stats(exp.env, exp.policy, exp.episode_length, episodes)(params, normalizer, key)
+    )
     returns, upright = np.asarray(stats["return"]), np.asarray(stats["upright_fraction"])
     per_seed = returns.mean(axis=1)
     result = {
@@ -91,8 +94,10 @@ def evaluate_run(run_dir: str | pathlib.Path, episodes: int = 16, seed: int = 12
         write_replay(exp, pick(params), pick(normalizer), key, run_dir / "replay.html")
         result["replay"] = str(run_dir / "replay.html")
     (run_dir / "eval.json").write_text(json.dumps(to_jsonable(result), indent=2) + "\n")
-    print(f"{cfg.algo.name} on {cfg.env.name} ({cfg.env.backend}), iteration {iteration}: "
-          f"return {result['return']['mean']:.2f} +- {result['return']['std']:.2f} "
-          f"over {len(per_seed)} seeds x {episodes} episodes; balanced (last 100 steps upright within 0.2 rad) "
-          f"{100 * result['upright_fraction']['mean']:.0f}% of the time -> {run_dir / 'eval.json'}")
+    print(
+        f"{cfg.algo.name} on {cfg.env.name} ({cfg.env.backend}), iteration {iteration}: "
+        f"return {result['return']['mean']:.2f} +- {result['return']['std']:.2f} "
+        f"over {len(per_seed)} seeds x {episodes} episodes; balanced (last 100 steps upright within 0.2 rad) "
+        f"{100 * result['upright_fraction']['mean']:.0f}% of the time -> {run_dir / 'eval.json'}"
+    )
     return result

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 PAPER = "CE-APG (Gillen & Byl 2022)"
 TASKS = ("cartpole_swingup", "acrobot", "double_pendulum_swingup")
-TASK_TITLES = {"cartpole_swingup": "Pendulum", "acrobot": "Acrobot",
-               "double_pendulum_swingup": "Double pendulum"}
-ALGO_TITLES = {"ce_apg": "CE-APG", "ppo": "PPO", "sac": "SAC", "brax_apg": "Brax APG", "papg": "PAPG",
-               "cem": "CEM"}
+TASK_TITLES = {"cartpole_swingup": "Pendulum", "acrobot": "Acrobot", "double_pendulum_swingup": "Double pendulum"}
+ALGO_TITLES = {"ce_apg": "CE-APG", "ppo": "PPO", "sac": "SAC", "brax_apg": "Brax APG", "papg": "PAPG", "cem": "CEM"}
 
 # (mean, std) per task, in TASKS order.
 _TABLE1 = {

@@ -78,8 +78,12 @@ def plot_task(task: str, curves_by_algo: dict[str, list], out_dir: pathlib.Path)
             continue
         for ax, (x_key, _) in zip(axes, AXES, strict=True):
             x, mean, std = mean_band(curves, x_key)
-            (line,) = ax.plot(x, mean, label=f"{ALGO_TITLES.get(algo, algo)} ({len(curves)} seeds)",
-                              marker="o" if len(x) == 1 else None)
+            (line,) = ax.plot(
+                x,
+                mean,
+                label=f"{ALGO_TITLES.get(algo, algo)} ({len(curves)} seeds)",
+                marker="o" if len(x) == 1 else None,
+            )
             ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
     for ax, (_, label) in zip(axes, AXES, strict=True):
         ax.set_xlabel(label)

@@ -28,7 +28,7 @@ from diffrl.checkpoint import Checkpointer
 from diffrl.envs import make_env
 from diffrl.envs.wrappers import InjectNaN
 from diffrl.evaluation import make_episode_stats
-from diffrl.loggers import JsonlSink, MetricLogger, WandbSink, format_metrics_line, to_jsonable
+from diffrl.loggers import JsonlSink, MetricLogger, WandbSink, to_jsonable
 from diffrl.networks import RecurrentPolicy, make_recurrent_policy
 from diffrl.progress import ProgressDisplay
 
@@ -72,7 +72,9 @@ def algorithm_options(cfg: DictConfig) -> tuple[dict[str, Any], int]:
     algo_cfg = OmegaConf.to_container(cfg.algo, resolve=True)
     budgets = algo_cfg.get("budgets") or {}
     if cfg.budget not in budgets:
-        raise ValueError(f"unknown budget {cfg.budget!r} for algo {cfg.algo.name!r}; valid choices: {', '.join(budgets)}")
+        raise ValueError(
+            f"unknown budget {cfg.budget!r} for algo {cfg.algo.name!r}; valid choices: {', '.join(budgets)}"
+        )
     options = {k: v for k, v in algo_cfg.items() if k not in _RUNNER_KEYS}
     budget = dict(budgets[cfg.budget])
     iterations = int(cfg.iterations if cfg.iterations is not None else budget.pop("iterations"))
@@ -175,7 +177,9 @@ def git_commit() -> str | None:
     repo = pathlib.Path(__file__).resolve().parents[1]
     try:
         out = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "-uno"], capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(
+            ["git", "-C", str(repo), "status", "--porcelain", "-uno"], capture_output=True, text=True, timeout=5
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     if out.returncode != 0:
@@ -209,7 +213,9 @@ def build_summary(
         "env_steps_per_seed": env_steps_per_seed,
         "final_return": mean_std(eval_returns.mean(axis=1).tolist()),
         "final_train_return": mean_std(train_returns) if train_returns else None,
-        "final_upright_fraction": mean_std(upright_fraction.mean(axis=1).tolist()) if upright_fraction is not None else None,
+        "final_upright_fraction": mean_std(upright_fraction.mean(axis=1).tolist())
+        if upright_fraction is not None
+        else None,
         "eval_episodes": int(eval_returns.shape[1]),
         "wall_clock_s": wall_clock_s,
         "compile_time_s": compile_time_s,
@@ -224,8 +230,14 @@ def write_summary(run_dir: pathlib.Path, summary: dict[str, Any], wandb_sink: Wa
     final = summary["final_return"]
     if wandb_sink is not None:
         wandb_sink.summary({"final_return_mean": final["mean"], "final_return_std": final["std"]})
-    log.info("final return %.2f +- %.2f over %d seeds (%d episodes each); summary: %s",
-             final["mean"], final["std"], summary["num_seeds"], summary["eval_episodes"], run_dir / "summary.json")
+    log.info(
+        "final return %.2f +- %.2f over %d seeds (%d episodes each); summary: %s",
+        final["mean"],
+        final["std"],
+        summary["num_seeds"],
+        summary["eval_episodes"],
+        run_dir / "summary.json",
+    )
 
 
 def make_logger(cfg: DictConfig, run_dir: pathlib.Path, resume_step: int | None, wandb_id: str | None):
@@ -251,15 +263,26 @@ def train(cfg: DictConfig, run_dir: pathlib.Path) -> dict[str, Any]:
     run_dir = pathlib.Path(run_dir)
     exp = build_experiment(cfg)
     algo, num_seeds = exp.algo, int(cfg.num_seeds)
-    log.info("%s on %s (%s backend): %d iterations x %d seeds, %d env steps per iteration per seed",
-             cfg.algo.name, cfg.env.name, cfg.env.backend, exp.iterations, num_seeds, algo.env_steps_per_iteration)
+    log.info(
+        "%s on %s (%s backend): %d iterations x %d seeds, %d env steps per iteration per seed",
+        cfg.algo.name,
+        cfg.env.name,
+        cfg.env.backend,
+        exp.iterations,
+        num_seeds,
+        algo.env_steps_per_iteration,
+    )
 
     states = jax.jit(jax.vmap(algo.init))(seed_keys(int(cfg.seed), num_seeds))
-    checkpointer = Checkpointer(run_dir / "checkpoints", int(cfg.checkpoint.max_to_keep)) if cfg.checkpoint.enabled else None
+    checkpointer = (
+        Checkpointer(run_dir / "checkpoints", int(cfg.checkpoint.max_to_keep)) if cfg.checkpoint.enabled else None
+    )
     host = {"iteration": 0, "chunk": 0, "wall_clock_s": 0.0, "compile_time_s": 0.0, "wandb_id": None}
     if cfg.resume:
         if checkpointer is None or checkpointer.latest_step() is None:
-            raise FileNotFoundError(f"resume={cfg.resume}: no checkpoint under {run_dir / 'checkpoints'} to resume from")
+            raise FileNotFoundError(
+                f"resume={cfg.resume}: no checkpoint under {run_dir / 'checkpoints'} to resume from"
+            )
         states, host = checkpointer.restore(states)
         log.info("resumed from iteration %d (%s)", host["iteration"], checkpointer.directory)
 
@@ -274,7 +297,9 @@ def train(cfg: DictConfig, run_dir: pathlib.Path) -> dict[str, Any]:
     compiled: dict[int, Any] = {}
     lengths = chunk_lengths(exp.iterations, int(cfg.chunk_iterations))
     steps_per_iteration = algo.env_steps_per_iteration
-    progress = ProgressDisplay(cfg.logger.console, exp.iterations, host["iteration"], enabled=cfg.logger.console.enabled)
+    progress = ProgressDisplay(
+        cfg.logger.console, exp.iterations, host["iteration"], enabled=cfg.logger.console.enabled
+    )
     last_train_return: list[float] | None = None
     segment_start = time.perf_counter() - host["wall_clock_s"]
 
@@ -305,20 +330,25 @@ def train(cfg: DictConfig, run_dir: pathlib.Path) -> dict[str, Any]:
                 every = int(cfg.eval.every_chunks)
                 if every and host["chunk"] % every == 0 and host["chunk"] < len(lengths):
                     params, normalizer = policy_of(states)
-                    row["eval_return"] = np.mean(jax.device_get(evaluate(params, normalizer, eval_key)), axis=1).tolist()
+                    row["eval_return"] = np.mean(
+                        jax.device_get(evaluate(params, normalizer, eval_key)), axis=1
+                    ).tolist()
                 logger.log(row, step=host["iteration"])
                 progress.update(row)
                 if "nonfinite_stalled" in metrics and np.any(metrics["nonfinite_stalled"][-1]):
                     stalled = np.flatnonzero(metrics["nonfinite_stalled"][-1]).tolist()
                     raise TrainingDiverged(divergence_message(cfg, stalled, host["iteration"]))
-                if checkpointer and (host["chunk"] % int(cfg.checkpoint.every_chunks) == 0 or host["chunk"] == len(lengths)):
+                if checkpointer and (
+                    host["chunk"] % int(cfg.checkpoint.every_chunks) == 0 or host["chunk"] == len(lengths)
+                ):
                     checkpointer.save(host["iteration"], states, host)
 
         params, normalizer = policy_of(states)
         final_stats = jax.device_get(episode_stats(params, normalizer, eval_key))
         host["wall_clock_s"] = time.perf_counter() - segment_start
         summary = build_summary(
-            cfg, run_dir,
+            cfg,
+            run_dir,
             eval_returns=np.asarray(final_stats["return"]),
             upright_fraction=np.asarray(final_stats["upright_fraction"]),
             train_returns=last_train_return,

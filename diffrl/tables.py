@@ -26,10 +26,10 @@ METRICS = ("final_return", "final_train_return")  # diffrl's own final evaluatio
 class Cell:
     algo: str
     task: str
-    status: str = "missing"             # completed | failed | missing
+    status: str = "missing"  # completed | failed | missing
     per_seed: dict[tuple[int, int], float] = dataclasses.field(default_factory=dict)  # (seed, index): return
     env_steps_per_seed: float | None = None
-    wall_clock_s: float | None = None   # of the whole job (all its seeds)
+    wall_clock_s: float | None = None  # of the whole job (all its seeds)
     budget: str | None = None
     reason: str | None = None
     run_dirs: list[str] = dataclasses.field(default_factory=list)
@@ -81,8 +81,11 @@ def read_job(job_dir: pathlib.Path, metric: str = "final_return") -> dict[str, A
             job.update(status="failed", reason=f"summary.json has no {metric}")
     else:
         job["status"] = "failed"
-        job["reason"] = summary.get("error") or last_error_line(job_dir / "train.log") or (
-            "no summary.json (killed, timed out or still running)")
+        job["reason"] = (
+            summary.get("error")
+            or last_error_line(job_dir / "train.log")
+            or ("no summary.json (killed, timed out or still running)")
+        )
     return job
 
 
@@ -186,10 +189,17 @@ def paper_text(algo: str, task: str, table: str | None) -> str:
 
 def markdown_table(cells, algos, tasks, table: str | None, metric: str = "final_return") -> str:
     title = lambda name, titles: titles.get(name, name)
-    what = "final evaluation return (16 deterministic episodes per seed)" if metric == "final_return" else (
-        "final training return")
-    lines = [f"Mean ± std over seeds (population std) of each seed's {what}; paper: {PAPER}"
-             + (f", {TABLE_TITLES.get(table, table)}" if table else "") + ".", ""]
+    what = (
+        "final evaluation return (16 deterministic episodes per seed)"
+        if metric == "final_return"
+        else ("final training return")
+    )
+    lines = [
+        f"Mean ± std over seeds (population std) of each seed's {what}; paper: {PAPER}"
+        + (f", {TABLE_TITLES.get(table, table)}" if table else "")
+        + ".",
+        "",
+    ]
     header = ["algorithm"] + [f"{title(t, TASK_TITLES)} ({c})" for t in tasks for c in ("measured", "paper")]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for algo in algos:
@@ -204,14 +214,31 @@ def markdown_table(cells, algos, tasks, table: str | None, metric: str = "final_
         row = [title(algo, ALGO_TITLES)]
         for task in tasks:
             cell = cells[(algo, task)]
-            row.append(f"{format_steps(cell.env_steps_per_seed)} steps, {format_duration(cell.wall_clock_s)}"
-                       if cell.status == "completed" else cell.status)
+            row.append(
+                f"{format_steps(cell.env_steps_per_seed)} steps, {format_duration(cell.wall_clock_s)}"
+                if cell.status == "completed"
+                else cell.status
+            )
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
 
 
-CSV_COLUMNS = ("algo", "task", "status", "mean", "std", "num_seeds", "per_seed", "paper_mean", "paper_std",
-               "env_steps_per_seed", "wall_clock_s", "budget", "reason", "run_dirs")
+CSV_COLUMNS = (
+    "algo",
+    "task",
+    "status",
+    "mean",
+    "std",
+    "num_seeds",
+    "per_seed",
+    "paper_mean",
+    "paper_std",
+    "env_steps_per_seed",
+    "wall_clock_s",
+    "budget",
+    "reason",
+    "run_dirs",
+)
 
 
 def csv_rows(cells, algos, tasks, table: str | None) -> list[dict[str, Any]]:
@@ -220,19 +247,30 @@ def csv_rows(cells, algos, tasks, table: str | None) -> list[dict[str, Any]]:
         for task in tasks:
             cell = cells[(algo, task)]
             paper = paper_result(algo, task, table) or (None, None)
-            rows.append({
-                "algo": algo, "task": task, "status": cell.status, "mean": cell.mean, "std": cell.std,
-                "num_seeds": len(cell.per_seed),
-                "per_seed": " ".join(f"{v:.6g}" for v in cell.per_seed.values()),
-                "paper_mean": paper[0], "paper_std": paper[1], "env_steps_per_seed": cell.env_steps_per_seed,
-                "wall_clock_s": cell.wall_clock_s, "budget": cell.budget, "reason": cell.reason,
-                "run_dirs": " ".join(cell.run_dirs),
-            })
+            rows.append(
+                {
+                    "algo": algo,
+                    "task": task,
+                    "status": cell.status,
+                    "mean": cell.mean,
+                    "std": cell.std,
+                    "num_seeds": len(cell.per_seed),
+                    "per_seed": " ".join(f"{v:.6g}" for v in cell.per_seed.values()),
+                    "paper_mean": paper[0],
+                    "paper_std": paper[1],
+                    "env_steps_per_seed": cell.env_steps_per_seed,
+                    "wall_clock_s": cell.wall_clock_s,
+                    "budget": cell.budget,
+                    "reason": cell.reason,
+                    "run_dirs": " ".join(cell.run_dirs),
+                }
+            )
     return rows
 
 
-def write_tables(sweep_dirs: list[pathlib.Path], out_dir: pathlib.Path, metric: str = "final_return",
-                 table: str | None = None) -> tuple[pathlib.Path, pathlib.Path]:
+def write_tables(
+    sweep_dirs: list[pathlib.Path], out_dir: pathlib.Path, metric: str = "final_return", table: str | None = None
+) -> tuple[pathlib.Path, pathlib.Path]:
     """Writes ``results.md`` and ``results.csv`` into ``out_dir``; returns their paths."""
     cells, algos, tasks, plan_table = collect_cells(sweep_dirs, metric)
     table = table or plan_table

@@ -12,7 +12,9 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # Shared with `diffrl` subprocesses (conf/hardware/cpu.yaml reads the same variable).
-CACHE_DIR = pathlib.Path(os.environ.setdefault("DIFFRL_JAX_CACHE", str(pathlib.Path.home() / ".cache" / "diffrl" / "jax")))
+CACHE_DIR = pathlib.Path(
+    os.environ.setdefault("DIFFRL_JAX_CACHE", str(pathlib.Path.home() / ".cache" / "diffrl" / "jax"))
+)
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
@@ -35,10 +37,13 @@ def compose_train(*overrides: str):
 def run_diffrl(*args: str, cwd: pathlib.Path, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
     """Runs the `diffrl` command in a subprocess, with outputs under ``cwd``."""
     env = {**os.environ, "DIFFRL_OUTPUTS": str(cwd / "outputs")}
-    proc = subprocess.run([sys.executable, "-m", "cli.main", *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-m", "cli.main", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+    )
     if check and proc.returncode != 0:
-        raise AssertionError(f"diffrl {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+        raise AssertionError(
+            f"diffrl {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+        )
     return proc
 
 

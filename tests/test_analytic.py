@@ -206,9 +206,7 @@ ENERGY_BOUNDS = {"semi_implicit": 0.1, "rk4": 1e-6}
 @pytest.mark.parametrize("name", TASK_NAMES)
 def test_energy_drift_over_five_seconds(name, integrator):
     drift, scale = energy_drift(name, integrator, seconds=5.0)
-    assert drift / scale < ENERGY_BOUNDS[integrator], (
-        f"{name} {integrator}: |dE| {drift:.3g} J of {scale:.3g} J"
-    )
+    assert drift / scale < ENERGY_BOUNDS[integrator], f"{name} {integrator}: |dE| {drift:.3g} J of {scale:.3g} J"
 
 
 def energy_drift(name: str, integrator: str, seconds: float) -> tuple[float, float]:
@@ -224,9 +222,7 @@ def energy_drift(name: str, integrator: str, seconds: float) -> tuple[float, flo
             q, qd = simulate(chain, *state, jnp.zeros(1), 1, integrator)
             return (q, qd), energy(chain, q, qd)
 
-        run = jax.jit(
-            lambda q: jax.lax.scan(step, (q, zero), None, length=round(seconds / chain.timestep))[1]
-        )
+        run = jax.jit(lambda q: jax.lax.scan(step, (q, zero), None, length=round(seconds / chain.timestep))[1])
         drift = float(jnp.max(jnp.abs(run(q0) - energy(chain, q0, zero))))
         scale = float(energy(chain, jnp.zeros_like(hanging), zero) - energy(chain, hanging, zero))
     return drift, scale
@@ -244,9 +240,7 @@ def test_return_gradient_matches_finite_differences(name, integrator):
         params = jax.tree.map(lambda x: x.astype(jnp.float64), policy.init(jax.random.PRNGKey(0)))
         normalizer = policy.init_normalizer()
         q0, qd0 = _start(name)
-        start = env.reset(jax.random.PRNGKey(0)).replace(
-            pipeline_state=PlanarState(jnp.asarray(q0), jnp.asarray(qd0))
-        )
+        start = env.reset(jax.random.PRNGKey(0)).replace(pipeline_state=PlanarState(jnp.asarray(q0), jnp.asarray(qd0)))
         ret = jax.jit(lambda p: episode_return(env, policy, p, normalizer, start, 20))
 
         leaves, treedef = jax.tree.flatten(params)
@@ -258,9 +252,7 @@ def test_return_gradient_matches_finite_differences(name, integrator):
         eps = 1e-6
         finite_difference = (ret(shifted(eps)) - ret(shifted(-eps))) / (2 * eps)
         grad = jax.grad(ret)(params)
-        analytic = sum(
-            jnp.vdot(g, d) for g, d in zip(jax.tree.leaves(grad), jax.tree.leaves(direction), strict=True)
-        )
+        analytic = sum(jnp.vdot(g, d) for g, d in zip(jax.tree.leaves(grad), jax.tree.leaves(direction), strict=True))
     assert abs(float(finite_difference)) > 1e-3  # the check means something
     np.testing.assert_allclose(float(analytic), float(finite_difference), rtol=1e-6)
 
@@ -271,11 +263,7 @@ def test_return_gradient_matches_finite_differences(name, integrator):
 def test_make_env_builds_the_analytic_backend():
     assert "analytic" in BACKENDS
     env = make_env("acrobot", "analytic")
-    assert (
-        isinstance(env, AnalyticSwingUpEnv)
-        and env.backend == "analytic"
-        and env.integrator == "semi_implicit"
-    )
+    assert isinstance(env, AnalyticSwingUpEnv) and env.backend == "analytic" and env.integrator == "semi_implicit"
     with pytest.raises(ValueError, match="analytic"):
         make_env("acrobot", "no_such_backend")
 

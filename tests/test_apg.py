@@ -11,13 +11,14 @@ from diffrl.algos.apg import APGTrace
 from diffrl.algos.ce_apg import CEAPGState, log_linear_learning_rate
 from diffrl.envs import make_env
 from diffrl.networks import make_recurrent_policy
-from diffrl.rollout import GradientOptions, episode_return
+from diffrl.rollout import NO_GRADIENT_OPTIONS, GradientOptions, episode_return
 from diffrl.run import TrainingDiverged, build_experiment, train
 
 
-def _return_fn(env, policy, normalizer, start, horizon, options=GradientOptions()):
+def _return_fn(env, policy, normalizer, start, horizon, options=NO_GRADIENT_OPTIONS):
     def f(flat, unravel):
         return episode_return(env, policy, unravel(flat), normalizer, start, horizon, options)
+
     return f
 
 
@@ -51,8 +52,9 @@ def acrobot_setup():
 
 def test_gradient_options_keep_forward_values_and_checkpoint_keeps_gradients(acrobot_setup):
     env, policy, flat, unravel, normalizer, start = acrobot_setup
-    value_and_grad = lambda options: jax.jit(jax.value_and_grad(
-        lambda p: _return_fn(env, policy, normalizer, start, 30, options)(p, unravel)))(flat)
+    value_and_grad = lambda options: jax.jit(
+        jax.value_and_grad(lambda p: _return_fn(env, policy, normalizer, start, 30, options)(p, unravel))
+    )(flat)
     value, grad = value_and_grad(GradientOptions())
     value_ckpt, grad_ckpt = value_and_grad(GradientOptions(checkpoint=True))
     value_trunc, grad_trunc = value_and_grad(GradientOptions(truncation=5))
@@ -82,20 +84,35 @@ class QuadraticCore:
         def body(x, _):
             x = x + self.step_size * (-2.0 * (x - self.target))
             return x, -jnp.sum((x - self.target) ** 2)
+
         flat, returns = jax.lax.scan(body, flat, None, length=steps)
         zeros = jnp.zeros(steps)
         return flat, opt_state, APGTrace(returns, zeros, zeros, zeros.astype(jnp.int32))
 
 
 def test_ce_apg_outer_update_matches_the_formulas_on_a_quadratic(fast_cfg):
-    exp = build_experiment(fast_cfg("algo=ce_apg", "algo.population=6", "algo.elites=2", "algo.apg_steps=3",
-                                    "algo.score_window=1", "algo.update_normalizer=false"))
+    exp = build_experiment(
+        fast_cfg(
+            "algo=ce_apg",
+            "algo.population=6",
+            "algo.elites=2",
+            "algo.apg_steps=3",
+            "algo.score_window=1",
+            "algo.update_normalizer=false",
+        )
+    )
     algo = exp.algo
     dim = algo.core.num_params
     target = jnp.linspace(-1.0, 1.0, dim)
     algo.core = QuadraticCore(exp.policy, target, step_size=0.25)  # x <- x + 0.5 (target - x): halves the gap
-    state = CEAPGState(jnp.zeros(dim), jnp.full(dim, 0.5), jnp.zeros(dim), exp.policy.init_normalizer(),
-                       jax.random.PRNGKey(3), jnp.zeros((), jnp.int32))
+    state = CEAPGState(
+        jnp.zeros(dim),
+        jnp.full(dim, 0.5),
+        jnp.zeros(dim),
+        exp.policy.init_normalizer(),
+        jax.random.PRNGKey(3),
+        jnp.zeros((), jnp.int32),
+    )
     new_state, metrics = jax.jit(algo.train_step)(state)
 
     # Recompute by hand: same candidates, three halvings of the gap to the target, elites by score.
@@ -107,7 +124,9 @@ def test_ce_apg_outer_update_matches_the_formulas_on_a_quadratic(fast_cfg):
     np.testing.assert_allclose(new_state.mean, elite.mean(axis=0), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(new_state.std, jnp.sqrt(jnp.mean((elite - state.mean) ** 2, axis=0)), rtol=1e-5)
     np.testing.assert_allclose(metrics["return"], scores.max(), rtol=1e-5)
-    np.testing.assert_allclose(new_state.best, refined[jnp.argmax(scores)], rtol=1e-5, atol=1e-6)  # what `deploy: best` delivers
+    np.testing.assert_allclose(
+        new_state.best, refined[jnp.argmax(scores)], rtol=1e-5, atol=1e-6
+    )  # what `deploy: best` delivers
     assert int(new_state.iteration) == 1
 
 
@@ -123,8 +142,16 @@ def test_papg_keeps_the_best_of_its_runs(fast_cfg):
 
 
 def test_nonfinite_gradients_are_skipped_counted_and_never_applied(fast_cfg):
-    exp = build_experiment(fast_cfg("algo=papg", "algo.runs=3", "algo.steps_per_iteration=4", "algo.starts_per_step=1",
-                                    "env.inject_nan_after=5", "algo.update_normalizer=false"))
+    exp = build_experiment(
+        fast_cfg(
+            "algo=papg",
+            "algo.runs=3",
+            "algo.steps_per_iteration=4",
+            "algo.starts_per_step=1",
+            "env.inject_nan_after=5",
+            "algo.update_normalizer=false",
+        )
+    )
     algo = exp.algo
     state = algo.init(jax.random.PRNGKey(0))
     new_state, metrics = jax.jit(algo.train_step)(state)
@@ -134,9 +161,16 @@ def test_nonfinite_gradients_are_skipped_counted_and_never_applied(fast_cfg):
 
 
 def test_run_stops_with_a_clear_message_after_the_limit(fast_cfg, tmp_path):
-    cfg = fast_cfg("algo=papg", "algo.runs=2", "algo.steps_per_iteration=2", "algo.starts_per_step=1",
-                   "env.inject_nan_after=5", "algo.grad.max_consecutive_nonfinite=3", "iterations=4",
-                   "chunk_iterations=1")
+    cfg = fast_cfg(
+        "algo=papg",
+        "algo.runs=2",
+        "algo.steps_per_iteration=2",
+        "algo.starts_per_step=1",
+        "env.inject_nan_after=5",
+        "algo.grad.max_consecutive_nonfinite=3",
+        "iterations=4",
+        "chunk_iterations=1",
+    )
     with pytest.raises(TrainingDiverged, match=r"iteration 2: .*hardware.enable_x64=true.*algo.grad.truncation"):
         train(cfg, tmp_path)
     rows = [line for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -149,8 +183,22 @@ def test_ce_apg_beats_cem_at_equal_env_steps_on_the_cartpole(fast_cfg, tmp_path)
     [-1434, -1117] (mean -1275) vs CEM [-1362, -2140] (mean -1751). At this budget they tie on the
     acrobot (485 vs 457): see docs/algorithms.md."""
     common = ("env=cartpole_swingup", "env.episode_length=500", "eval.episodes=8", "checkpoint.enabled=false")
-    ce_apg = train(fast_cfg(*common, "algo=ce_apg", "iterations=6", "chunk_iterations=6", "algo.population=6",
-                            "algo.elites=2", "algo.apg_steps=40", "algo.starts_per_step=1"), tmp_path / "ce_apg")
+    ce_apg = train(
+        fast_cfg(
+            *common,
+            "algo=ce_apg",
+            "iterations=6",
+            "chunk_iterations=6",
+            "algo.population=6",
+            "algo.elites=2",
+            "algo.apg_steps=40",
+            "algo.starts_per_step=1",
+        ),
+        tmp_path / "ce_apg",
+    )
     cem = train(fast_cfg(*common, "algo=cem", "iterations=60", "chunk_iterations=60"), tmp_path / "cem")
     assert abs(ce_apg["env_steps_per_seed"] - cem["env_steps_per_seed"]) / cem["env_steps_per_seed"] < 0.01
-    assert ce_apg["final_return"]["mean"] > cem["final_return"]["mean"] + 200, (ce_apg["final_return"], cem["final_return"])
+    assert ce_apg["final_return"]["mean"] > cem["final_return"]["mean"] + 200, (
+        ce_apg["final_return"],
+        cem["final_return"],
+    )

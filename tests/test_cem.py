@@ -42,8 +42,14 @@ def test_elites_must_fit_the_population(fast_cfg):
 def test_cem_learns_on_the_acrobot(fast_cfg, tmp_path):
     """20 iterations (24 candidates, 500-step episodes, 2 seeds). Measured: initial policies
     [310, -2041] -> [387, 313]; a random GRU policy can already score ~300, hanging still scores 65."""
-    cfg = fast_cfg("algo=cem", "iterations=20", "chunk_iterations=10", "env.episode_length=500", "eval.episodes=4",
-                   "checkpoint.enabled=false")
+    cfg = fast_cfg(
+        "algo=cem",
+        "iterations=20",
+        "chunk_iterations=10",
+        "env.episode_length=500",
+        "eval.episodes=4",
+        "checkpoint.enabled=false",
+    )
     exp = build_experiment(cfg)
     initial = jax.jit(jax.vmap(exp.algo.init))(seed_keys(cfg.seed, cfg.num_seeds))
     evaluate = make_evaluator(exp.env, exp.policy, exp.episode_length, episodes=4)

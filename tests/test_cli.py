@@ -6,12 +6,14 @@ import sys
 import pytest
 
 from cli.main import group_choices
+
 from conftest import REPO
 
 
 def diffrl(*args):
-    return subprocess.run([sys.executable, "-m", "cli.main", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "cli.main", *args], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_help_lists_subcommands():

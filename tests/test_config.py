@@ -7,8 +7,9 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from cli.main import group_choices
-from conftest import compose_train
 from diffrl.run import algorithm_options, chunk_lengths
+
+from conftest import compose_train
 
 
 @pytest.mark.parametrize(

@@ -126,9 +126,7 @@ def test_matches_mujoco(name, backend):
             q, qd = simulate(env, q0, qd0, jnp.asarray(actions))
             q_ref, qd_ref = mujoco_simulate(task, q0, qd0, actions)
             np.testing.assert_allclose(np.asarray(q), q_ref, rtol=0, atol=MUJOCO_ATOL, err_msg=f"q, {label}")
-            np.testing.assert_allclose(
-                np.asarray(qd), qd_ref, rtol=0, atol=MUJOCO_ATOL, err_msg=f"qd, {label}"
-            )
+            np.testing.assert_allclose(np.asarray(qd), qd_ref, rtol=0, atol=MUJOCO_ATOL, err_msg=f"qd, {label}")
 
 
 # --- (b) energy conservation ----------------------------------------------------------------------
@@ -198,9 +196,7 @@ def test_reward_wraps_angles(name):
         turned = base + np.where(task.angle_mask, 2 * np.pi * turns, 0.0)
         assert _reward(task, turned) == pytest.approx(_reward(task, base), abs=1e-4)
     # Hanging at -pi is the same state as +pi.
-    assert _reward(task, -np.asarray(task.hanging_q)) == pytest.approx(
-        _reward(task, task.hanging_q), abs=1e-5
-    )
+    assert _reward(task, -np.asarray(task.hanging_q)) == pytest.approx(_reward(task, task.hanging_q), abs=1e-5)
 
 
 def test_reward_formulas_off_the_special_states():
@@ -215,9 +211,7 @@ def test_reward_formulas_off_the_special_states():
 
 def test_wrap_angle_range():
     angles = jnp.array([-np.pi, np.pi, 3 * np.pi, -3 * np.pi + 0.1, 0.0])
-    np.testing.assert_allclose(
-        np.asarray(wrap_angle(angles)), [np.pi, np.pi, np.pi, -np.pi + 0.1, 0.0], atol=1e-5
-    )
+    np.testing.assert_allclose(np.asarray(wrap_angle(angles)), [np.pi, np.pi, np.pi, -np.pi + 0.1, 0.0], atol=1e-5)
 
 
 # --- (d) analytic gradient vs finite differences ------------------------------------------------------
@@ -240,9 +234,7 @@ def test_grad_of_return_matches_finite_differences(name, steps=20, eps=1e-6):
         def grad_and_finite_differences(actions):
             # All 2 * T * act probes of the central differences in one batched call.
             basis = jnp.eye(actions.size).reshape(-1, *actions.shape) * eps
-            plus, minus = jnp.split(
-                jax.vmap(episode_return)(jnp.concatenate([actions + basis, actions - basis])), 2
-            )
+            plus, minus = jnp.split(jax.vmap(episode_return)(jnp.concatenate([actions + basis, actions - basis])), 2)
             return jax.grad(episode_return)(actions).ravel(), (plus - minus) / (2 * eps)
 
         # Inside (-1, 1) so that the action clip is smooth around every probe.

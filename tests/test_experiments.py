@@ -64,9 +64,18 @@ def test_launchers_are_config_choices(launcher, target):
 
 def test_micro_table_pipeline_through_submitit_local(tmp_path):
     """2 algorithms x 1 task x 2 seeds: sweep with submitit's local executor, then the table."""
-    run_diffrl("train", "-m", "experiment=ceapg_table2", f"algo={','.join(ALGOS)}", "env=acrobot",
-               "debug=smoke", "logger.console.progress_bar=false", "launcher=submitit_local",
-               cwd=tmp_path, timeout=240)
+    run_diffrl(
+        "train",
+        "-m",
+        "experiment=ceapg_table2",
+        f"algo={','.join(ALGOS)}",
+        "env=acrobot",
+        "debug=smoke",
+        "logger.console.progress_bar=false",
+        "launcher=submitit_local",
+        cwd=tmp_path,
+        timeout=240,
+    )
     sweep = tmp_path / "outputs" / "tables" / "table2_quick"
     summaries = {a: json.loads((sweep / f"acrobot_{a}" / "summary.json").read_text()) for a in ALGOS}
     proc = run_diffrl("table", str(sweep), cwd=tmp_path)
@@ -86,8 +95,18 @@ def test_micro_table_pipeline_through_submitit_local(tmp_path):
 
 def test_a_crashing_job_leaves_the_rest_of_the_sweep_running(tmp_path):
     """The basic launcher: the first job fails (unknown budget), the second still runs; the table says why."""
-    run_diffrl("train", "-m", "experiment=ceapg_table2", "algo=cem", "env=acrobot", "debug=smoke",
-               "budget=nope,quick", "logger.console.progress_bar=false", cwd=tmp_path, timeout=180)
+    run_diffrl(
+        "train",
+        "-m",
+        "experiment=ceapg_table2",
+        "algo=cem",
+        "env=acrobot",
+        "debug=smoke",
+        "budget=nope,quick",
+        "logger.console.progress_bar=false",
+        cwd=tmp_path,
+        timeout=180,
+    )
     tables = tmp_path / "outputs" / "tables"
     failed = json.loads((tables / "table2_nope" / "acrobot_cem" / "summary.json").read_text())
     assert failed["status"] == "failed" and "unknown budget 'nope'" in failed["error"]
@@ -95,5 +114,3 @@ def test_a_crashing_job_leaves_the_rest_of_the_sweep_running(tmp_path):
     assert completed["status"] == "completed"
     proc = run_diffrl("table", str(tables / "table2_nope"), cwd=tmp_path)
     assert "**failed**: ValueError: unknown budget 'nope'" in proc.stdout
-
-

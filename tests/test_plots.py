@@ -17,13 +17,18 @@ def make_job(sweep_dir, algo, task, rows):
 
 
 def jitted_rows(n=5):
-    return [{"iteration": i, "env_steps": 100 * i, "wall_time_s": 0.5 * i, "return": [i, 2.0 * i],
-             "return_mean": 1.5 * i} for i in range(1, n + 1)]
+    return [
+        {"iteration": i, "env_steps": 100 * i, "wall_time_s": 0.5 * i, "return": [i, 2.0 * i], "return_mean": 1.5 * i}
+        for i in range(1, n + 1)
+    ]
 
 
 def external_rows(n=4):
-    return [{"seed_index": s, "iteration": s * n + i, "env_steps": 250 * i, "wall_time_s": 1.0 * i,
-             "return": 10.0 * i + s} for s in range(2) for i in range(1, n + 1)]
+    return [
+        {"seed_index": s, "iteration": s * n + i, "env_steps": 250 * i, "wall_time_s": 1.0 * i, "return": 10.0 * i + s}
+        for s in range(2)
+        for i in range(1, n + 1)
+    ]
 
 
 def test_seed_curves_from_both_row_layouts():
@@ -43,8 +48,12 @@ def test_plots_are_written_as_png_and_svg(tmp_path):
     make_job(sweep, "cem", "cartpole_swingup", jitted_rows(1))  # a single report still plots
     paths = write_plots([sweep], tmp_path / "out")
     names = sorted(p.name for p in paths)
-    assert names == ["curves_acrobot.png", "curves_acrobot.svg", "curves_cartpole_swingup.png",
-                     "curves_cartpole_swingup.svg"]
+    assert names == [
+        "curves_acrobot.png",
+        "curves_acrobot.svg",
+        "curves_cartpole_swingup.png",
+        "curves_cartpole_swingup.svg",
+    ]
     for path in paths:
         assert path.stat().st_size > 5000
     assert (tmp_path / "out" / "curves_acrobot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -10,8 +10,9 @@ import time
 import numpy as np
 import yaml
 
-from conftest import REPO, run_diffrl
 from diffrl.run import train
+
+from conftest import REPO, run_diffrl
 
 SMOKE = ("debug=smoke", "logger.console.progress_bar=false", "algo=cem")  # CEM: the cheapest runner exercise
 
@@ -90,7 +91,10 @@ def test_multirun_puts_each_job_in_its_own_directory(tmp_path):
     run_diffrl("train", "-m", "env=acrobot,cartpole_swingup", "seed=0,1", *SMOKE, "iterations=2", cwd=tmp_path)
     jobs = sorted(p for p in (tmp_path / "outputs").glob("multirun/*/*/*") if p.is_dir())
     assert [p.name for p in jobs] == [
-        "0_acrobot_cem_seed0", "1_acrobot_cem_seed1", "2_cartpole_swingup_cem_seed0", "3_cartpole_swingup_cem_seed1"
+        "0_acrobot_cem_seed0",
+        "1_acrobot_cem_seed1",
+        "2_cartpole_swingup_cem_seed0",
+        "3_cartpole_swingup_cem_seed1",
     ]
     for job in jobs:
         summary = json.loads((job / "summary.json").read_text())

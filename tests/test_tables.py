@@ -7,24 +7,34 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import run_diffrl
 from diffrl.paper_results import PAPER_RESULTS, paper_result
 from diffrl.tables import collect_cells, format_number, write_tables
+
+from conftest import run_diffrl
 
 
 def make_job(sweep_dir, algo, task, per_seed=None, *, status="completed", log=None, seed=0):
     """A job directory as `diffrl train -m` leaves it; ``per_seed=None`` -> no summary.json (killed)."""
     job = sweep_dir / f"{task}_{algo}"
     (job / ".hydra").mkdir(parents=True)
-    (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"algo": {"name": algo}, "env": {"name": task},
-                                                                "budget": "quick", "seed": seed}))
+    (job / ".hydra" / "config.yaml").write_text(
+        yaml.safe_dump({"algo": {"name": algo}, "env": {"name": task}, "budget": "quick", "seed": seed})
+    )
     if log is not None:
         (job / "train.log").write_text(log)
     if per_seed is not None:
         arr = np.asarray(per_seed, dtype=float)
-        summary = {"status": status, "env": task, "algo": algo, "budget": "quick", "seed": seed,
-                   "num_seeds": len(per_seed), "env_steps_per_seed": 12000, "wall_clock_s": 90.0,
-                   "final_return": {"per_seed": per_seed, "mean": arr.mean(), "std": arr.std()}}
+        summary = {
+            "status": status,
+            "env": task,
+            "algo": algo,
+            "budget": "quick",
+            "seed": seed,
+            "num_seeds": len(per_seed),
+            "env_steps_per_seed": 12000,
+            "wall_clock_s": 90.0,
+            "final_return": {"per_seed": per_seed, "mean": arr.mean(), "std": arr.std()},
+        }
         (job / "summary.json").write_text(json.dumps(summary))
     return job
 
@@ -32,9 +42,13 @@ def make_job(sweep_dir, algo, task, per_seed=None, *, status="completed", log=No
 def make_sweep(tmp_path, algos, tasks, experiment="ceapg_table1"):
     sweep = tmp_path / "sweep"
     sweep.mkdir()
-    multirun = {"hydra": {"sweeper": {"params": {"algo": ",".join(algos), "env": ",".join(tasks)}},
-                          "overrides": {"task": [f"experiment={experiment}"]},
-                          "runtime": {"choices": {"experiment": experiment}}}}
+    multirun = {
+        "hydra": {
+            "sweeper": {"params": {"algo": ",".join(algos), "env": ",".join(tasks)}},
+            "overrides": {"task": [f"experiment={experiment}"]},
+            "runtime": {"choices": {"experiment": experiment}},
+        }
+    }
     (sweep / "multirun.yaml").write_text(yaml.safe_dump(multirun))
     return sweep
 
@@ -57,8 +71,10 @@ def test_cells_are_mean_and_population_std_with_the_paper_beside(tmp_path):
     assert "| PPO | 20 ± 10 (2 seeds) | 405 ± 927 |" in md
     assert "12k steps, 90 s" in md
     rows = list(csv.DictReader(csv_path.open()))
-    assert [(r["algo"], r["task"], r["status"]) for r in rows] == [("ce_apg", "acrobot", "completed"),
-                                                                   ("ppo", "acrobot", "completed")]
+    assert [(r["algo"], r["task"], r["status"]) for r in rows] == [
+        ("ce_apg", "acrobot", "completed"),
+        ("ppo", "acrobot", "completed"),
+    ]
     assert float(rows[0]["mean"]) == pytest.approx(7000 / 3) and float(rows[0]["paper_mean"]) == 3053
 
 
@@ -66,8 +82,9 @@ def test_failed_killed_and_missing_jobs_are_shown_never_dropped(tmp_path):
     sweep = make_sweep(tmp_path, ["ce_apg", "sac", "brax_apg", "ppo"], ["acrobot"])
     make_job(sweep, "ce_apg", "acrobot", [1.0, 2.0])
     failed = make_job(sweep, "sac", "acrobot")
-    (failed / "summary.json").write_text(json.dumps({"status": "failed", "algo": "sac", "env": "acrobot",
-                                                     "error": "ValueError: boom"}))
+    (failed / "summary.json").write_text(
+        json.dumps({"status": "failed", "algo": "sac", "env": "acrobot", "error": "ValueError: boom"})
+    )
     make_job(sweep, "brax_apg", "acrobot", log="[2026-11-21 10:00:00][diffrl][ERROR] - out of memory\n")
     # ppo: in the sweep's plan, no directory at all
     cells, *_ = collect_cells([sweep])

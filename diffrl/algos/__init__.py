@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from brax.envs.base import Env
 
 from diffrl.algos.apg import PAPG, GradientConfig, PAPGConfig
 from diffrl.algos.base import Algorithm
-from diffrl.baselines import EXTERNAL_TRAINERS
 from diffrl.algos.ce_apg import CEAPG, CEAPGConfig
 from diffrl.algos.cem import CEM, CEMConfig
+from diffrl.baselines import EXTERNAL_TRAINERS
 from diffrl.networks.policy import RecurrentPolicy
 
 

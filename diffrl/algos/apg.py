@@ -11,7 +11,7 @@ counts it; the runner stops a run whose every APG run has failed too many times 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -60,8 +60,9 @@ def nonfinite_streak(opt_state: Any) -> jax.Array:
 class APGCore:
     """The differentiable-rollout optimiser: loss, optimizer and an ``lax.scan`` of Adam steps."""
 
-    def __init__(self, env: Env, policy: RecurrentPolicy, grad: GradientConfig, starts_per_step: int,
-                 episode_length: int):
+    def __init__(
+        self, env: Env, policy: RecurrentPolicy, grad: GradientConfig, starts_per_step: int, episode_length: int
+    ):
         self.env, self.policy, self.grad = env, policy, grad
         self.starts_per_step, self.episode_length = starts_per_step, episode_length
         flat, self.unravel = ravel_pytree(policy.init(jax.random.PRNGKey(0)))
@@ -87,8 +88,9 @@ class APGCore:
     def mean_return(self, flat: jax.Array, normalizer: NormalizerState, starts) -> tuple[jax.Array, jax.Array]:
         """Mean return over ``starts`` (differentiable) and the observations seen."""
         params = self.unravel(flat)
-        run = lambda start: rollout(self.env, self.policy, params, normalizer, start, self.episode_length,
-                                    self.grad.rollout_options)
+        run = lambda start: rollout(
+            self.env, self.policy, params, normalizer, start, self.episode_length, self.grad.rollout_options
+        )
         rewards, observations = jax.vmap(run)(starts)
         return jnp.mean(jnp.sum(rewards, axis=-1)), observations
 

@@ -119,7 +119,9 @@ class CEAPG:
         metrics = {
             "return": jnp.max(jnp.where(finite, scores, -jnp.inf)),
             "return_population_mean": jnp.nanmean(jnp.where(finite, scores, jnp.nan)),
-            "return_before_apg": jnp.nanmean(jnp.where(jnp.isfinite(trace.returns[:, 0]), trace.returns[:, 0], jnp.nan)),
+            "return_before_apg": jnp.nanmean(
+                jnp.where(jnp.isfinite(trace.returns[:, 0]), trace.returns[:, 0], jnp.nan)
+            ),
             "std_mean": jnp.mean(std),
             "learning_rate": lr,
             "nonfinite_candidates": jnp.sum(~finite),

@@ -33,7 +33,9 @@ class CEMConfig:
 
     def __post_init__(self):
         if not 0 < self.elites <= self.population:
-            raise ValueError(f"cem needs 0 < elites <= population, got elites={self.elites}, population={self.population}")
+            raise ValueError(
+                f"cem needs 0 < elites <= population, got elites={self.elites}, population={self.population}"
+            )
 
 
 @struct.dataclass

@@ -127,9 +127,7 @@ def _check_supported(model: mujoco.MjModel) -> None:
         elif typ == slide:
             hinge_above = any(
                 model.jnt_type[i] == hinge
-                and _is_ancestor_or_self(
-                    model.jnt_bodyid[i] - 1, model.jnt_bodyid[j] - 1, model.body_parentid[1:] - 1
-                )
+                and _is_ancestor_or_self(model.jnt_bodyid[i] - 1, model.jnt_bodyid[j] - 1, model.body_parentid[1:] - 1)
                 for i in range(model.njnt)
             )
             if not np.allclose(axis, [1, 0, 0]) or hinge_above:
@@ -224,12 +222,8 @@ def _bias_forces(chain: PlanarChain, segments: list, jac: list, qd: list[Scalar]
     spin_sq = [_dot([s], [s]) for s in spin_sq]
     force = []  # [b] (x, z): mass times (centripetal acceleration minus gravity)
     for b in range(nb):
-        accel_x = -_dot(
-            chain.segment_of_body[b], [_dot([w[0]], [s]) for w, s in zip(segments, spin_sq, strict=True)]
-        )
-        accel_z = -_dot(
-            chain.segment_of_body[b], [_dot([w[1]], [s]) for w, s in zip(segments, spin_sq, strict=True)]
-        )
+        accel_x = -_dot(chain.segment_of_body[b], [_dot([w[0]], [s]) for w, s in zip(segments, spin_sq, strict=True)])
+        accel_z = -_dot(chain.segment_of_body[b], [_dot([w[1]], [s]) for w, s in zip(segments, spin_sq, strict=True)])
         force.append((_dot([chain.mass[b]], [accel_x]), _dot([chain.mass[b]], [accel_z + chain.gravity])))
     return [sum(_dot([c[j] for c in jac[b]], force[b]) for b in range(nb)) for j in range(n)]
 
@@ -277,9 +271,7 @@ def bias_forces(chain: PlanarChain, q: Array, qd: Array) -> Array:
 
 def energy(chain: PlanarChain, q: Array, qd: Array) -> Array:
     """Kinetic plus gravitational potential energy (zero height at the world origin)."""
-    heights = [
-        _dot(row, [w[1] for w in _rotated_segments(chain, _scalars(q))]) for row in chain.segment_of_body
-    ]
+    heights = [_dot(row, [w[1] for w in _rotated_segments(chain, _scalars(q))]) for row in chain.segment_of_body]
     potential = chain.gravity * _dot(chain.mass, heights)
     return 0.5 * qd @ mass_matrix(chain, q) @ qd + potential
 
@@ -383,9 +375,7 @@ class AnalyticSwingUpEnv(Env):
     def step(self, state: State, action: Array) -> State:
         action = jnp.clip(action, -1.0, 1.0)
         physics = state.pipeline_state
-        q, qd = simulate(
-            self.chain, physics.q, physics.qd, action, self.task.substeps, self.integrator, self.remat
-        )
+        q, qd = simulate(self.chain, physics.q, physics.qd, action, self.task.substeps, self.integrator, self.remat)
         return state.replace(
             pipeline_state=PlanarState(q, qd),
             obs=self.task.observe(q, qd),

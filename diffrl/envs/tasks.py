@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
-from typing import Callable
+from collections.abc import Callable
 
 import jax.numpy as jnp
 
@@ -63,7 +63,7 @@ def _acrobot_reward(q: Array, qd: Array) -> Array:
 
 
 def _cartpole_reward(q: Array, qd: Array) -> Array:
-    return -wrap_angle(q[1]) ** 2
+    return -(wrap_angle(q[1]) ** 2)
 
 
 def _double_pendulum_reward(q: Array, qd: Array) -> Array:
@@ -111,6 +111,4 @@ DOUBLE_PENDULUM_SWINGUP = SwingUpTask(
     best_return=5000.0,
 )
 
-TASKS: dict[str, SwingUpTask] = {
-    task.name: task for task in (ACROBOT, CARTPOLE_SWINGUP, DOUBLE_PENDULUM_SWINGUP)
-}
+TASKS: dict[str, SwingUpTask] = {task.name: task for task in (ACROBOT, CARTPOLE_SWINGUP, DOUBLE_PENDULUM_SWINGUP)}

@@ -1,6 +1,7 @@
 """Training throughput of the baselines: Brax's jitted PPO/SAC vs stable-baselines3's, in one run.
 
-    python -m benchmarks.bench_baselines [--quick] [--out FILE] [--env NAME] [--backend generalized]
+    python -m benchmarks.bench_baselines [--quick] [--out FILE] [--env NAME] [--backend B]
+                                         [--hardware cpu|gpu] [--num-envs N]
 
 Each agent trains one seed through ``diffrl train`` (the real runner and configs) on the same task
 with the same number of envs; the figure is env steps/s *during training*, from the progress reports
@@ -44,7 +45,7 @@ def enable_compilation_cache() -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
-def training_rate(name: str, env: str, backend: str, quick: bool) -> dict:
+def training_rate(name: str, args) -> dict:
     from hydra import compose, initialize_config_dir
 
     from diffrl.run import train
@@ -52,14 +53,15 @@ def training_rate(name: str, env: str, backend: str, quick: bool) -> dict:
     options, steps = CASES[name]
     overrides = [
         f"algo={name}",
-        f"env={env}",
-        f"env.backend={backend}",
+        f"env={args.env}",
+        f"env.backend={args.backend}",
+        f"hardware={args.hardware}",
         "num_seeds=1",
         "eval.episodes=1",
         "logger.wandb.enabled=false",
         "logger.console.progress_bar=false",
-        f"iterations={steps[quick]}",
-        f"algo.num_envs={NUM_ENVS}",
+        f"iterations={steps[args.quick]}",
+        f"algo.num_envs={args.num_envs}",
         "algo.num_evals=5",
         *[f"algo.{o}" for o in options],
     ]
@@ -91,7 +93,8 @@ def render(results: dict[str, dict], args, started: str) -> str:
         f"--backend {args.backend}` — {started}, {platform.node()}, {os.cpu_count()} CPUs "
         f"({platform.processor() or platform.machine()}), JAX on CPU.",
         "",
-        f"Task `{args.env}` ({args.backend} backend), {NUM_ENVS} envs for every agent, one seed each; "
+        f"Task `{args.env}` ({args.backend} backend, {args.hardware}), {args.num_envs} envs for every agent, "
+        "one seed each; "
         "env steps/s "
         "during training (median over progress reports after the first).",
         "",
@@ -114,13 +117,15 @@ def main() -> None:
     parser.add_argument("--out", type=pathlib.Path, default=DEFAULT_OUT)
     parser.add_argument("--env", default="cartpole_swingup")
     parser.add_argument("--backend", default="generalized")
+    parser.add_argument("--hardware", default="cpu", help="conf/hardware choice (gpu: Brax on the accelerator)")
+    parser.add_argument("--num-envs", type=int, default=NUM_ENVS, help="envs of every agent")
     args = parser.parse_args()
     os.environ.setdefault("WANDB_MODE", "offline")
     enable_compilation_cache()
     started = time.strftime("%Y-%m-%d %H:%M")
     results = {}
     for name in CASES:  # one after another: the agents never share the CPU with each other
-        results[name] = training_rate(name, args.env, args.backend, args.quick)
+        results[name] = training_rate(name, args)
         print(f"{name}: {results[name]['sps']:,.0f} env steps/s", flush=True)
     text = render(results, args, started)
     args.out.parent.mkdir(parents=True, exist_ok=True)

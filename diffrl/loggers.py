@@ -74,6 +74,7 @@ class WandbSink:
             id=resume_id,
             resume="allow" if resume_id else None,
             reinit="finish_previous",
+            settings=wandb.Settings(silent=True),  # our console shows progress; wandb's banner is noise
         )
 
     @property

@@ -71,9 +71,7 @@ def training_rate(name: str, args) -> dict:
         t0 = time.perf_counter()
         train(cfg, pathlib.Path(run_dir))
         wall = time.perf_counter() - t0
-        rows = [
-            json.loads(line) for line in (pathlib.Path(run_dir) / "metrics.jsonl").read_text().splitlines()
-        ]
+        rows = [json.loads(line) for line in (pathlib.Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
     rates = [r["steps_per_second"] for r in rows if r.get("steps_per_second")]
     steady = rates[1:] or rates
     return {
@@ -110,13 +108,11 @@ def render(results: dict[str, dict], args, started: str) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer env steps per run")
     parser.add_argument("--out", type=pathlib.Path, default=DEFAULT_OUT)
     parser.add_argument("--env", default="cartpole_swingup")
-    parser.add_argument("--backend", default="generalized")
+    parser.add_argument("--backend", default="analytic")
     parser.add_argument("--hardware", default="cpu", help="conf/hardware choice (gpu: Brax on the accelerator)")
     parser.add_argument("--num-envs", type=int, default=NUM_ENVS, help="envs of every agent")
     args = parser.parse_args()

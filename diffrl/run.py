@@ -39,6 +39,11 @@ _RUNNER_KEYS = ("name", "budgets", "hidden_size")
 _EVAL_KEY_OFFSET = 1_000_003  # evaluation start states never coincide with a training key
 
 
+def evaluation_key(seed: int) -> jax.Array:
+    """The start states of every final evaluation of seed family ``seed``, whatever the algorithm."""
+    return jax.random.PRNGKey(seed + _EVAL_KEY_OFFSET)
+
+
 def configure_jax(hardware: DictConfig) -> None:
     """Platform, precision, XLA flags and the persistent compilation cache, before any computation."""
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every save at INFO
@@ -291,7 +296,7 @@ def train(cfg: DictConfig, run_dir: pathlib.Path) -> dict[str, Any]:
         host["wandb_id"] = wandb_sink.run_id
     episode_stats = make_episode_stats(exp.env, exp.policy, exp.episode_length, int(cfg.eval.episodes))
     evaluate = lambda params, normalizer, key: episode_stats(params, normalizer, key)["return"]
-    eval_key = jax.random.PRNGKey(int(cfg.seed) + _EVAL_KEY_OFFSET)
+    eval_key = evaluation_key(int(cfg.seed))
     policy_of = jax.jit(jax.vmap(algo.policy_params))
     run_chunk = make_chunk_runner(algo)
     compiled: dict[int, Any] = {}

@@ -91,9 +91,7 @@ def test_brax_policy_checkpoint_reloads_with_identical_actions(algo, tmp_path):
     trainer, _ = build_trainer(cfg, env)
     normalizer, params = trainer._like()
     # A non-trivial policy: random weights and observation statistics.
-    params = jax.tree.map(
-        lambda x: x + 0.3 * jax.random.normal(jax.random.PRNGKey(1), x.shape, x.dtype), params
-    )
+    params = jax.tree.map(lambda x: x + 0.3 * jax.random.normal(jax.random.PRNGKey(1), x.shape, x.dtype), params)
     normalizer = normalizer.replace(mean=jnp.arange(4.0), std=jnp.linspace(0.5, 2.0, 4))
     trainer.save((normalizer, params), tmp_path)
     reloaded = trainer.load(tmp_path)
@@ -166,7 +164,5 @@ def test_torch_is_not_imported_for_brax_agents():
         "build_trainer(cfg, make_env('acrobot', 'analytic')); import diffrl.run, diffrl.eval_run;"
         "assert 'torch' not in sys.modules and 'stable_baselines3' not in sys.modules, 'torch imported'"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO / "tests", capture_output=True, text=True, timeout=120
-    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO / "tests", capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]

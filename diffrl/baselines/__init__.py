@@ -22,9 +22,7 @@ EXTERNAL_TRAINERS: dict[str, str] = {
 
 def trainer_class(name: str):
     if name not in EXTERNAL_TRAINERS:
-        raise ValueError(
-            f"unknown external trainer {name!r}; valid choices: {', '.join(sorted(EXTERNAL_TRAINERS))}"
-        )
+        raise ValueError(f"unknown external trainer {name!r}; valid choices: {', '.join(sorted(EXTERNAL_TRAINERS))}")
     module, _, cls = EXTERNAL_TRAINERS[name].partition(":")
     return getattr(importlib.import_module(module), cls)
 

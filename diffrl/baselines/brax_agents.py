@@ -69,11 +69,7 @@ class BraxAgent:
         def progress_fn(brax_step: int, metrics: dict[str, Any]) -> None:
             step, env_steps = self.units(int(brax_step))
             now = time.perf_counter()
-            sps = (
-                (env_steps - last["env_steps"]) / (now - last["time"])
-                if env_steps > last["env_steps"]
-                else None
-            )
+            sps = (env_steps - last["env_steps"]) / (now - last["time"]) if env_steps > last["env_steps"] else None
             last.update(time=now, env_steps=env_steps)
             report(Report(step, env_steps, float(metrics[RETURN_KEY]), _scalars(metrics), sps))
 
@@ -136,7 +132,5 @@ class BraxAPG(BraxAgent):
         # Brax's APG reports the epoch index; it runs round(updates / (num_evals - 1)) updates per epoch.
         epochs = max(int(self.options.get("num_evals", 1)) - 1, 1)
         updates = brax_step * round(self.iterations / epochs)
-        env_steps = (
-            updates * int(self.options.get("num_envs", 1)) * int(self.options.get("horizon_length", 32))
-        )
+        env_steps = updates * int(self.options.get("num_envs", 1)) * int(self.options.get("horizon_length", 32))
         return updates, env_steps

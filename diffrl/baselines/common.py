@@ -57,9 +57,7 @@ class FeedForwardPolicy:
     def initial_carry(self) -> jax.Array:
         return jnp.zeros(())
 
-    def act(
-        self, params: Any, normalizer: Any, carry: jax.Array, obs: jax.Array
-    ) -> tuple[jax.Array, jax.Array]:
+    def act(self, params: Any, normalizer: Any, carry: jax.Array, obs: jax.Array) -> tuple[jax.Array, jax.Array]:
         action, _ = self.make_policy(params, deterministic=True)(obs, jax.random.PRNGKey(0))
         return carry, action
 

@@ -23,13 +23,13 @@ from diffrl.baselines import trainer_class
 from diffrl.baselines.common import Report
 from diffrl.envs import make_env
 from diffrl.evaluation import make_episode_stats
+from diffrl.progress import ProgressDisplay
 from diffrl.run import (
-    _EVAL_KEY_OFFSET,
     Experiment,
-    ProgressDisplay,
     algorithm_options,
     build_summary,
     configure_jax,
+    evaluation_key,
     make_logger,
     seed_keys,
     write_summary,
@@ -95,9 +95,7 @@ def train_external(cfg: DictConfig, run_dir: pathlib.Path) -> dict[str, Any]:
         log.info("resumed: %d of %d seeds finished, continuing with seed %d", done, num_seeds, done)
         if cfg.logger.jsonl.enabled:
             keep_rows_of_finished_seeds(run_dir / cfg.logger.jsonl.filename, done)
-    logger, wandb_sink = make_logger(
-        cfg, run_dir, done * iterations if cfg.resume else None, run_info["wandb_id"]
-    )
+    logger, wandb_sink = make_logger(cfg, run_dir, done * iterations if cfg.resume else None, run_info["wandb_id"])
     if wandb_sink is not None:
         run_info["wandb_id"] = wandb_sink.run_id
     run_file.parent.mkdir(parents=True, exist_ok=True)
@@ -114,7 +112,7 @@ def train_external(cfg: DictConfig, run_dir: pathlib.Path) -> dict[str, Any]:
         results = [json.loads((seed_dir(run_dir, i) / RESULT_FILE).read_text()) for i in range(num_seeds)]
         policy, params, normalizer = trainer.evaluation_policy(load_policies(trainer, run_dir, num_seeds))
         episode_stats = make_episode_stats(env, policy, episode_length, int(cfg.eval.episodes))
-        eval_key = jax.random.PRNGKey(int(cfg.seed) + _EVAL_KEY_OFFSET)
+        eval_key = evaluation_key(int(cfg.seed))
         stats = jax.device_get(episode_stats(params, normalizer, eval_key))
         eval_returns = np.asarray(stats["return"])
         summary = build_summary(
@@ -135,9 +133,7 @@ def train_external(cfg: DictConfig, run_dir: pathlib.Path) -> dict[str, Any]:
         logger.close()
 
 
-def train_one_seed(
-    cfg, trainer, run_dir: pathlib.Path, index: int, iterations: int, logger, progress
-) -> None:
+def train_one_seed(cfg, trainer, run_dir: pathlib.Path, index: int, iterations: int, logger, progress) -> None:
     """Trains seed ``index`` with the agent's own loop, logging its reports; then checkpoints it."""
     seed = agent_seed(int(cfg.seed), int(cfg.num_seeds), index)
     start = time.perf_counter()
@@ -156,9 +152,7 @@ def train_one_seed(
         if r.steps_per_second is not None:
             row["steps_per_second"] = r.steps_per_second
         logger.log(row, step=row["iteration"] + index)  # + index: wandb steps stay strictly increasing
-        progress.update(
-            {**row, "return_mean": r.episode_return, "steps_per_second": r.steps_per_second or 0.0}
-        )
+        progress.update({**row, "return_mean": r.episode_return, "steps_per_second": r.steps_per_second or 0.0})
         last.update(row)
 
     log.info("seed %d/%d (agent seed %d)", index + 1, cfg.num_seeds, seed)

@@ -68,9 +68,7 @@ class _LastValues(KVWriter):
         self.values: dict[str, float] = {}
 
     def write(self, key_values: dict[str, Any], key_excluded: dict[str, Any], step: int = 0) -> None:
-        self.values.update(
-            {k: float(v) for k, v in key_values.items() if isinstance(v, (int, float, np.number))}
-        )
+        self.values.update({k: float(v) for k, v in key_values.items() if isinstance(v, (int, float, np.number))})
 
 
 class _ReportCallback(BaseCallback):

@@ -86,9 +86,7 @@ class JaxVecEnv(VecEnv):
         if self._batch is None:
             raise RuntimeError("JaxVecEnv.step called before reset")
         self._batch, out = self._step(self._batch, jnp.asarray(self._actions))
-        obs, rewards, dones, terminal_obs, returns = (
-            np.array(x) for x in jax.device_get(out)
-        )  # writable copies
+        obs, rewards, dones, terminal_obs, returns = (np.array(x) for x in jax.device_get(out))  # writable copies
         infos: list[dict[str, Any]] = [{} for _ in range(self.num_envs)]
         if dones.any():
             elapsed = time.perf_counter() - self._episode_start

@@ -9,6 +9,7 @@ run's overrides so the resumed run composes exactly the same config into the sam
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
 import os
 import pathlib
@@ -27,6 +28,12 @@ COMMANDS = {
     "plot": ("cli.plot", "learning curves of sweeps: diffrl plot <sweep dir> [...] [--out DIR]"),
 }
 CHECKED_GROUPS = ("env", "algo", "hardware", "logger", "tuned", "experiment", "debug", "launcher")
+# Launchers that live in a Hydra plugin, and the extra that installs it.
+LAUNCHER_PLUGINS = {
+    "joblib": ("hydra_plugins.hydra_joblib_launcher", "joblib"),
+    "slurm": ("hydra_plugins.hydra_submitit_launcher", "slurm"),
+    "submitit_local": ("hydra_plugins.hydra_submitit_launcher", "slurm"),
+}
 
 
 class UsageError(Exception):
@@ -59,6 +66,14 @@ def check_group_choices(overrides: list[str]) -> None:
         for choice in value.split(","):
             if choice not in valid:
                 raise UsageError(f"unknown {key} {choice!r}; valid choices: {', '.join(valid) or '(none)'}")
+            if key == "launcher" and choice in LAUNCHER_PLUGINS:
+                check_plugin_installed(choice)
+
+
+def check_plugin_installed(launcher: str) -> None:
+    module, extra = LAUNCHER_PLUGINS[launcher]
+    if importlib.util.find_spec(module) is None:
+        raise UsageError(f'launcher={launcher} needs its Hydra plugin: pip install -e ".[{extra}]"')
 
 
 def expand_resume(overrides: list[str]) -> list[str]:

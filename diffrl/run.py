@@ -130,8 +130,12 @@ def seed_keys(seed: int, num_seeds: int) -> jax.Array:
     return jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.arange(num_seeds))
 
 
-def chunk_lengths(total: int, chunk: int) -> list[int]:
-    """Iterations per compiled chunk; a resumed run reuses exactly the same boundaries."""
+def chunk_lengths(total: int, chunk: int | None) -> list[int]:
+    """Iterations per compiled chunk; a resumed run reuses exactly the same boundaries.
+
+    ``chunk=None`` picks about 20 chunks a run: enough points for a learning curve, few host syncs.
+    """
+    chunk = chunk or max(1, total // 20)
     full, rest = divmod(total, chunk)
     return [chunk] * full + ([rest] if rest else [])
 
@@ -300,7 +304,7 @@ def train(cfg: DictConfig, run_dir: pathlib.Path) -> dict[str, Any]:
     policy_of = jax.jit(jax.vmap(algo.policy_params))
     run_chunk = make_chunk_runner(algo)
     compiled: dict[int, Any] = {}
-    lengths = chunk_lengths(exp.iterations, int(cfg.chunk_iterations))
+    lengths = chunk_lengths(exp.iterations, cfg.chunk_iterations)
     steps_per_iteration = algo.env_steps_per_iteration
     progress = ProgressDisplay(
         cfg.logger.console, exp.iterations, host["iteration"], enabled=cfg.logger.console.enabled

@@ -54,6 +54,8 @@ def test_chunk_lengths_cover_the_run_exactly():
     assert chunk_lengths(25, 10) == [10, 10, 5]
     assert chunk_lengths(20, 10) == [10, 10]
     assert chunk_lengths(3, 10) == [3]
+    assert chunk_lengths(12, None) == [1] * 12  # null: ~20 chunks, at least one iteration each
+    assert chunk_lengths(200, None) == [10] * 20
 
 
 def test_explicit_algo_options_win_over_the_budget():

@@ -27,6 +27,7 @@ from diffrl.baselines import EXTERNAL_TRAINERS
 from diffrl.checkpoint import Checkpointer
 from diffrl.envs import make_env
 from diffrl.envs.wrappers import InjectNaN
+from diffrl.errors import TrainingDiverged
 from diffrl.evaluation import make_episode_stats
 from diffrl.loggers import JsonlSink, MetricLogger, WandbSink, to_jsonable
 from diffrl.networks import RecurrentPolicy, make_recurrent_policy
@@ -96,10 +97,6 @@ def algorithm_options(cfg: DictConfig) -> tuple[dict[str, Any], int]:
     if iterations < 1:
         raise ValueError(f"iterations must be >= 1, got {iterations}")
     return options, iterations
-
-
-class TrainingDiverged(RuntimeError):
-    """Every APG run of some seed kept producing non-finite gradients: training cannot progress."""
 
 
 def divergence_message(cfg: DictConfig, seeds: list[int], iteration: int) -> str:

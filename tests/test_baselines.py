@@ -51,9 +51,7 @@ def requires(algo):
         pytest.importorskip("stable_baselines3")
 
 
-@pytest.mark.parametrize(
-    "algo", [pytest.param(a, marks=pytest.mark.slow) if a in SLOW else a for a in LEARNING]
-)
+@pytest.mark.parametrize("algo", [pytest.param(a, marks=pytest.mark.slow) if a in SLOW else a for a in LEARNING])
 def test_short_run_improves_on_the_initial_policy_and_reloads(algo, tmp_path):
     requires(algo)
     overrides, min_gain = LEARNING[algo]

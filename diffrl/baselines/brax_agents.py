@@ -24,6 +24,7 @@ from brax.training import types as brax_types
 from brax.training.acme import running_statistics, specs
 
 from diffrl.baselines.common import FeedForwardPolicy, Report, ReportFn, stack_seeds
+from diffrl.errors import TrainingDiverged
 
 RETURN_KEY = "eval/episode_reward"
 
@@ -73,15 +74,25 @@ class BraxAgent:
             last.update(time=now, env_steps=env_steps)
             report(Report(step, env_steps, float(metrics[RETURN_KEY]), _scalars(metrics), sps))
 
-        _, params, _ = train(
-            environment=self.env,
-            seed=int(seed),
-            progress_fn=progress_fn,
-            deterministic_eval=True,  # the logged return is the deterministic one, as for every algo
-            network_factory=self.network_factory(),
-            **{self.budget_arg: self.iterations},
-            **self.options,
-        )
+        try:
+            _, params, _ = train(
+                environment=self.env,
+                seed=int(seed),
+                progress_fn=progress_fn,
+                deterministic_eval=True,  # the logged return is the deterministic one, as for every algo
+                network_factory=self.network_factory(),
+                **{self.budget_arg: self.iterations},
+                **self.options,
+            )
+        except AssertionError as err:
+            # Brax checks that its training state is identical on every device; NaN != NaN, so a
+            # diverged (non-finite) state fails that check with a bare AssertionError.
+            raise TrainingDiverged(
+                f"Brax {self.agent} (seed {seed}): its training state became non-finite (Brax reports it as a "
+                "failed device-replication check). Likely cause: exploding returns or gradients, e.g. the "
+                "double pendulum's unbounded -x^2 reward once the cart runs away. Switches that help: "
+                "algo.reward_scaling=<smaller>, a smaller algo.learning_rate, hardware.enable_x64=true."
+            ) from err
         return (params[0], params[1])  # (normalizer, policy): all inference needs (PPO adds the value net)
 
     # --- the trained policy ---------------------------------------------------------------------

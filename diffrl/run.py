@@ -267,6 +267,7 @@ def train(cfg: DictConfig, run_dir: pathlib.Path) -> dict[str, Any]:
         return train_external(cfg, run_dir)
     configure_jax(cfg.hardware)
     run_dir = pathlib.Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)  # Hydra makes it for `diffrl train`; library callers may not
     exp = build_experiment(cfg)
     algo, num_seeds = exp.algo, int(cfg.num_seeds)
     log.info(

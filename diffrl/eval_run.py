@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 from diffrl.baselines import EXTERNAL_TRAINERS
 from diffrl.checkpoint import Checkpointer
-from diffrl.evaluation import make_episode_stats, trajectory
+from diffrl.evaluation import make_episode_stats, run_episode
 from diffrl.loggers import to_jsonable
 from diffrl.run import build_experiment, configure_jax, mean_std, seed_keys
 
@@ -50,9 +50,12 @@ def write_replay(exp, params, normalizer, key, path: pathlib.Path) -> None:
     from brax.generalized import pipeline as generalized
     from brax.io import html, mjcf
 
-    _, states, *_ = jax.jit(lambda p, n, k: trajectory(exp.env, exp.policy, p, n, k, exp.episode_length))(
-        params, normalizer, key
-    )
+    record_pipeline_state = lambda state: state.pipeline_state
+    states = jax.jit(
+        lambda p, n, k: run_episode(
+            exp.env, exp.policy, p, n, exp.env.reset(k), exp.episode_length, record_pipeline_state
+        )
+    )(params, normalizer, key)
     # Any backend (the closed form has no Brax system) -> maximal coordinates for the renderer,
     # through the generalized pipeline's init on the task's own MJCF.
     sys = mjcf.loads(exp.env.unwrapped.task.xml)

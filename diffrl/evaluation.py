@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import jax
 import jax.numpy as jnp
-from brax.envs.base import Env
+from brax.envs.base import Env, State
 
 from diffrl.networks.policy import NormalizerState, Params, RecurrentPolicy
 
@@ -19,13 +22,8 @@ def make_episode_stats(env: Env, policy: RecurrentPolicy, episode_length: int, e
     task = env.unwrapped.task
 
     def one_episode(params: Params, normalizer: NormalizerState, start) -> dict[str, jax.Array]:
-        def step(carry, _):
-            state, hidden = carry
-            hidden, action = policy.act(params, normalizer, hidden, state.obs)
-            state = env.step(state, action)
-            return (state, hidden), (state.reward, task.upright(state.pipeline_state.q))
-
-        _, (rewards, upright) = jax.lax.scan(step, (start, policy.initial_carry()), None, episode_length)
+        record = lambda state: (state.reward, task.upright(state.pipeline_state.q))
+        rewards, upright = run_episode(env, policy, params, normalizer, start, episode_length, record)
         return {"return": jnp.sum(rewards), "upright_fraction": jnp.mean(upright[-tail:])}
 
     @jax.jit
@@ -43,15 +41,22 @@ def make_evaluator(env: Env, policy: RecurrentPolicy, episode_length: int, episo
     return jax.jit(lambda params, normalizer, key: stats(params, normalizer, key)["return"])
 
 
-def trajectory(env: Env, policy: RecurrentPolicy, params: Params, normalizer: NormalizerState, key, length: int):
-    """One deterministic episode's states (for replays and plots): pipeline states, obs, actions, rewards."""
+def run_episode(
+    env: Env,
+    policy: RecurrentPolicy,
+    params: Params,
+    normalizer: NormalizerState,
+    start,
+    length: int,
+    record: Callable[[State], Any],
+) -> Any:
+    """One deterministic episode from ``start``; returns ``record(state)`` of every step, stacked over time."""
 
     def step(carry, _):
         state, hidden = carry
         hidden, action = policy.act(params, normalizer, hidden, state.obs)
-        next_state = env.step(state, action)
-        return (next_state, hidden), (next_state.pipeline_state, next_state.obs, action, next_state.reward)
+        state = env.step(state, action)
+        return (state, hidden), record(state)
 
-    start = env.reset(key)
-    _, (pipeline_states, obs, actions, rewards) = jax.lax.scan(step, (start, policy.initial_carry()), None, length)
-    return start, pipeline_states, obs, actions, rewards
+    _, recorded = jax.lax.scan(step, (start, policy.initial_carry()), None, length)
+    return recorded

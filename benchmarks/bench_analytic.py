@@ -26,7 +26,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from diffrl.envs import TASKS, AnalyticSwingUpEnv, SwingUpEnv  # noqa: E402
-from diffrl.networks import make_recurrent_policy  # noqa: E402
+from diffrl.networks import make_gru_policy  # noqa: E402
 from diffrl.rollout import episode_return  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -57,7 +57,7 @@ def make_env(task: str, backend: str):
 def make_loss(case: Case):
     """(params) -> mean return over the batch of start states, and the params to call it with."""
     env = make_env(case.task, case.backend)
-    policy = make_recurrent_policy(env.observation_size, env.action_size)
+    policy = make_gru_policy(env.observation_size, env.action_size)
     params, normalizer = policy.init(jax.random.PRNGKey(0)), policy.init_normalizer()
     starts = jax.jit(jax.vmap(env.reset))(jax.random.split(jax.random.PRNGKey(1), case.batch))
 

@@ -28,7 +28,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # XLA logs harmless CPU-feat
 import jax  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 
-from diffrl.run import build_experiment, make_chunk_runner, seed_keys  # noqa: E402
+from diffrl.experiment import seed_keys  # noqa: E402
+from diffrl.run import build_experiment, make_chunk_runner  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

@@ -33,7 +33,7 @@ import numpy as np
 from brax.envs.base import State, Wrapper
 
 from diffrl.envs import TASKS, make_env, wrap_angle
-from diffrl.networks import make_recurrent_policy
+from diffrl.networks import make_gru_policy
 from diffrl.rollout import episode_return, rollout
 
 PIPELINE_BACKENDS = ("generalized", "mjx", "spring", "positional")
@@ -170,7 +170,7 @@ def inline_rollout(env, policy, params, normalizer, start: State, length: int):
 
 
 def policy_setup(env, batch: int):
-    policy = make_recurrent_policy(env.observation_size, env.action_size)
+    policy = make_gru_policy(env.observation_size, env.action_size)
     params = policy.init(jax.random.PRNGKey(2))
     normalizer = policy.init_normalizer()
     starts = jax.jit(jax.vmap(env.reset))(jax.random.split(jax.random.PRNGKey(0), batch))

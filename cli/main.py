@@ -27,7 +27,7 @@ COMMANDS = {
     "table": ("cli.table", "results table beside the paper's: diffrl table <sweep dir> [...] [--out DIR]"),
     "plot": ("cli.plot", "learning curves of sweeps: diffrl plot <sweep dir> [...] [--out DIR]"),
 }
-CHECKED_GROUPS = ("env", "algo", "hardware", "logger", "tuned", "experiment", "debug", "launcher")
+CHECKED_GROUPS = ("env", "algo", "policy", "hardware", "logger", "tuned", "experiment", "debug", "launcher")
 # Launchers that live in a Hydra plugin, and the extra that installs it.
 LAUNCHER_PLUGINS = {
     "joblib": ("hydra_plugins.hydra_joblib_launcher", "joblib"),
@@ -53,7 +53,8 @@ def usage() -> str:
 
 def group_choices(group: str) -> list[str]:
     folder = CONF_DIR / group
-    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+    # `_base.yaml` and the like are building blocks of a group's configs, not choices.
+    return sorted(p.stem for p in folder.glob("*.yaml") if not p.stem.startswith("_")) if folder.is_dir() else []
 
 
 def check_group_choices(overrides: list[str]) -> None:

@@ -1,33 +1,71 @@
-"""Deterministic evaluation: every seed's policy on the same start states, compiled as one program."""
+"""Deterministic evaluation: every seed's policy on the same start states, compiled as one program.
+
+It is the training rollout (``diffrl.rollout.unroll``) with the mean action and no auto-reset: an
+episode ends at a termination or at ``episode_length`` steps, and steps after the end are masked.
+Task-specific measures come from the env's ``episode_metrics`` hook (the swing-up tasks report
+``upright_fraction``); generic code never names a task.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-from brax.envs.base import Env, State
+from brax.envs.base import Env
 
-from diffrl.networks.policy import NormalizerState, Params, RecurrentPolicy
+from diffrl.networks.base import NormalizerState, Params, Policy
+from diffrl.rollout import Trajectory, start_from, unroll
 
 
-def make_episode_stats(env: Env, policy: RecurrentPolicy, episode_length: int, episodes: int, tail: int = 100):
-    """Returns jitted ``stats(params, normalizer, key) -> {"return", "upright_fraction"}``, each
-    [seeds, episodes]: the undiscounted return, and the fraction of the last ``tail`` steps with every
-    link within 0.2 rad of upright (does the policy *balance*, or swing through the top?).
+def task_metrics_hook(env: Env):
+    """The env's ``episode_metrics(pipeline_states, alive) -> dict`` hook, or None (Brax wrappers
+    forward attribute look-ups to the env they wrap)."""
+    return getattr(env, "episode_metrics", None)
+
+
+def run_episode(
+    env: Env,
+    policy: Policy,
+    params: Params,
+    normalizer: NormalizerState,
+    start_state,
+    episode_length: int,
+    record_pipeline_state: bool = False,
+) -> Trajectory:
+    """One deterministic episode from ``start_state``: its per-step trajectory, masked after it ends."""
+    carry = start_from(start_state, policy, jax.random.PRNGKey(0))
+    _, trajectory = unroll(
+        env,
+        policy,
+        params,
+        normalizer,
+        carry,
+        episode_length,
+        episode_length=episode_length,
+        record_pipeline_state=record_pipeline_state,
+    )
+    return trajectory
+
+
+def make_episode_stats(env: Env, policy: Policy, episode_length: int, episodes: int):
+    """Returns jitted ``stats(params, normalizer, key) -> {"return", "length", <task metrics>}``, each
+    [seeds, episodes]: the undiscounted return, the episode's length in steps (shorter than
+    ``episode_length`` when it terminated) and whatever the task's ``episode_metrics`` hook reports.
 
     ``params`` and ``normalizer`` carry a leading seed axis; all seeds see the same start states.
     """
-    task = env.unwrapped.task
+    hook = task_metrics_hook(env)
 
-    def one_episode(params: Params, normalizer: NormalizerState, start) -> dict[str, jax.Array]:
-        record = lambda state: (state.reward, task.upright(state.pipeline_state.q))
-        rewards, upright = run_episode(env, policy, params, normalizer, start, episode_length, record)
-        return {"return": jnp.sum(rewards), "upright_fraction": jnp.mean(upright[-tail:])}
+    def one_episode(params: Params, normalizer: NormalizerState, start_state) -> dict[str, jax.Array]:
+        trajectory = run_episode(env, policy, params, normalizer, start_state, episode_length, hook is not None)
+        out = {"return": jnp.sum(trajectory.reward), "length": jnp.sum(trajectory.alive)}
+        if hook is not None:
+            out.update(hook(trajectory.pipeline_state, trajectory.alive))
+        return out
 
     @jax.jit
-    def stats(params: Params, normalizer: NormalizerState, key: jax.Array) -> dict[str, jax.Array]:
+    def stats(params: Params, normalizer: NormalizerState, key: jax.Array) -> dict[str, Any]:
         starts = jax.vmap(env.reset)(jax.random.split(key, episodes))
         per_seed = lambda p, n: jax.vmap(lambda s: one_episode(p, n, s))(starts)
         return jax.vmap(per_seed)(params, normalizer)
@@ -35,28 +73,7 @@ def make_episode_stats(env: Env, policy: RecurrentPolicy, episode_length: int, e
     return stats
 
 
-def make_evaluator(env: Env, policy: RecurrentPolicy, episode_length: int, episodes: int):
+def make_evaluator(env: Env, policy: Policy, episode_length: int, episodes: int):
     """Returns jitted ``evaluate(params, normalizer, key) -> returns [seeds, episodes]``."""
     stats = make_episode_stats(env, policy, episode_length, episodes)
     return jax.jit(lambda params, normalizer, key: stats(params, normalizer, key)["return"])
-
-
-def run_episode(
-    env: Env,
-    policy: RecurrentPolicy,
-    params: Params,
-    normalizer: NormalizerState,
-    start,
-    length: int,
-    record: Callable[[State], Any],
-) -> Any:
-    """One deterministic episode from ``start``; returns ``record(state)`` of every step, stacked over time."""
-
-    def step(carry, _):
-        state, hidden = carry
-        hidden, action = policy.act(params, normalizer, hidden, state.obs)
-        state = env.step(state, action)
-        return (state, hidden), record(state)
-
-    _, recorded = jax.lax.scan(step, (start, policy.initial_carry()), None, length)
-    return recorded

@@ -1,21 +1,31 @@
-"""The rollout core every algorithm shares: a policy driving an env for a fixed number of steps,
-compiled as one ``lax.scan``. Differentiable end to end, so ``jax.grad`` of ``episode_return`` is
-the analytic policy gradient; batching (candidates, start states, seeds) is ``vmap`` by the caller.
+"""The rollout core every algorithm and the evaluator share: a policy driving an env, one ``lax.scan``.
 
-``GradientOptions`` shape how gradients flow back through time (they never change the forward
-values): truncation every k steps, per-step cotangent clipping and rematerialisation.
+``unroll`` runs ``length`` steps from a ``RolloutCarry`` and returns the carry to continue from and a
+per-step ``Trajectory``. Episodes end when the env says ``done`` (a termination) or when the time limit
+``episode_length`` is reached (a truncation); then either
+- the episode is over for good (``auto_reset=False``: evaluation, CEM, APG): later steps are masked, they
+  add no reward and count as not alive; or
+- the env starts a new episode (``auto_reset=True``: SHAC-style windows over continuing envs): the state
+  is replaced by a fresh start state, the policy's recurrent carry by its initial value.
+
+Differentiable end to end, so ``jax.grad`` of ``episode_return`` is the analytic policy gradient;
+batching (candidates, start states, seeds, envs) is ``vmap`` by the caller. ``GradientOptions`` shape
+how gradients flow back through time (they never change the forward values): truncation every k
+steps, per-step cotangent clipping and rematerialisation.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from brax.envs.base import Env, State
+from flax import struct
 
-from diffrl.networks.policy import NormalizerState, Params, RecurrentPolicy
+from diffrl.networks.base import Carry, NormalizerState, Params, Policy
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,43 +77,119 @@ def truncate_every(tree, step: jax.Array, k: int):
     return jax.tree.map(lambda x: jnp.where(cut, jax.lax.stop_gradient(x), x) if _is_float(x) else x, tree)
 
 
-def rollout(
+@struct.dataclass
+class RolloutCarry:
+    """Where a rollout stands: what ``unroll`` takes and returns, so rollouts can continue."""
+
+    state: State  # the env's state
+    policy_carry: Carry  # the policy's recurrent state (empty for feed-forward policies)
+    steps: jax.Array  # steps taken in the current episode
+    alive: jax.Array  # False once the episode has ended (without auto-reset)
+    key: jax.Array  # action noise and fresh start states
+
+
+@struct.dataclass
+class Trajectory:
+    """Per-step record of an unroll (leading axis: time)."""
+
+    observation: jax.Array  # what the policy saw
+    action: jax.Array
+    reward: jax.Array  # 0 on steps after the episode ended (without auto-reset)
+    done: jax.Array  # the episode ended at this step: terminated or truncated (1.0 / 0.0)
+    truncation: jax.Array  # ended by the time limit, not by a termination
+    next_observation: jax.Array  # after the step, before any reset (a time-out bootstraps from it)
+    alive: jax.Array  # the step belongs to a running episode (reward counted)
+    pipeline_state: Any = None  # the physics state after the step, when asked for
+
+
+def start(env: Env, policy: Policy, key: jax.Array) -> RolloutCarry:
+    """A fresh episode from ``env.reset``."""
+    reset_key, key = jax.random.split(key)
+    return start_from(env.reset(reset_key), policy, key)
+
+
+def start_from(state: State, policy: Policy, key: jax.Array) -> RolloutCarry:
+    """A fresh episode from a given start state (``key`` draws action noise and later resets)."""
+    return RolloutCarry(state, policy.initial_carry(), jnp.zeros((), jnp.int32), jnp.ones((), bool), key)
+
+
+def unroll(
     env: Env,
-    policy: RecurrentPolicy,
+    policy: Policy,
     params: Params,
     normalizer: NormalizerState,
-    start: State,
+    carry: RolloutCarry,
     length: int,
+    *,
+    episode_length: int | None = None,
+    auto_reset: bool = False,
+    deterministic: bool = True,
     gradients: GradientOptions = NO_GRADIENT_OPTIONS,
-) -> tuple[jax.Array, jax.Array]:
-    """Runs ``length`` control steps from ``start``; returns (rewards [T], observations seen [T, obs])."""
+    record_pipeline_state: bool = False,
+) -> tuple[RolloutCarry, Trajectory]:
+    """Runs ``length`` control steps from ``carry``; returns (carry after them, per-step trajectory).
 
-    def step(carry, t):
-        state, hidden = carry
+    ``episode_length``: the time limit of an episode (``None``: only terminations end one).
+    ``deterministic``: a stochastic policy acts with tanh(mean) instead of sampling.
+    With ``auto_reset`` every episode that ends during this unroll restarts from one start state drawn
+    at the beginning of the unroll (one ``reset`` per unroll instead of one per step).
+    """
+    sample = policy.stochastic and not deterministic
+    key = carry.key
+    if auto_reset:
+        key, reset_key = jax.random.split(key)
+        fresh = env.reset(reset_key)
+    carry = carry.replace(key=key)
+
+    def step(carry: RolloutCarry, t):
+        state, hidden = carry.state, carry.policy_carry
         if gradients.truncation:
             state, hidden = truncate_every((state, hidden), t, gradients.truncation)
         if gradients.step_clip:
             state, hidden = clip_cotangent((state, hidden), gradients.step_clip)
-        hidden, action = policy.act(params, normalizer, hidden, state.obs)
+        key, action_key = jax.random.split(carry.key) if sample else (carry.key, None)
+        hidden, action = policy.act(params, normalizer, hidden, state.obs, action_key)
         next_state = env.step(state, action)
-        return (next_state, hidden), (next_state.reward, state.obs)
+        steps = carry.steps + 1
+        terminated = next_state.done > 0
+        truncated = jnp.logical_and(steps >= episode_length, ~terminated) if episode_length else jnp.zeros_like(terminated)
+        done = jnp.logical_or(terminated, truncated)
+        record = Trajectory(
+            observation=state.obs,
+            action=action,
+            # `where`, not a product: the reward (and its gradient) pass bit for bit while alive.
+            reward=jnp.where(carry.alive, next_state.reward, 0.0),
+            done=done.astype(next_state.reward.dtype),
+            truncation=truncated.astype(next_state.reward.dtype),
+            next_observation=next_state.obs,
+            alive=carry.alive,
+            pipeline_state=next_state.pipeline_state if record_pipeline_state else None,
+        )
+        if auto_reset:
+            pick = lambda new, old: jnp.where(done, new, old)
+            next_state = jax.tree.map(pick, fresh, next_state.replace(done=jnp.zeros_like(next_state.done)))
+            hidden = jnp.where(done, policy.initial_carry(), hidden)
+            next_carry = RolloutCarry(next_state, hidden, jnp.where(done, 0, steps), carry.alive, key)
+        else:
+            next_carry = RolloutCarry(next_state, hidden, steps, jnp.logical_and(carry.alive, ~done), key)
+        return next_carry, record
 
     if gradients.checkpoint:
         step = jax.checkpoint(step, prevent_cse=False)
-    carry = (start, policy.initial_carry())
-    _, (rewards, observations) = jax.lax.scan(step, carry, jnp.arange(length))
-    return rewards, observations
+    return jax.lax.scan(step, carry, jnp.arange(length))
 
 
 def episode_return(
     env: Env,
-    policy: RecurrentPolicy,
+    policy: Policy,
     params: Params,
     normalizer: NormalizerState,
-    start: State,
+    start_state: State,
     length: int,
     gradients: GradientOptions = NO_GRADIENT_OPTIONS,
-) -> jax.Array:
-    """Undiscounted return of one episode; the quantity every table in diffrl reports."""
-    rewards, _ = rollout(env, policy, params, normalizer, start, length, gradients)
-    return jnp.sum(rewards)
+) -> tuple[jax.Array, Trajectory]:
+    """Undiscounted return of one deterministic episode of at most ``length`` steps from ``start_state``
+    (steps after a termination add nothing), and its trajectory. The quantity every table reports."""
+    carry = start_from(start_state, policy, jax.random.PRNGKey(0))
+    _, trajectory = unroll(env, policy, params, normalizer, carry, length, gradients=gradients)
+    return jnp.sum(trajectory.reward), trajectory

@@ -1,102 +1,98 @@
-"""The host loop: build the experiment from a config, run compiled training chunks, and between
-them log, evaluate, checkpoint and show progress. Ends with a final evaluation and ``summary.json``.
+"""Training: ``train(cfg, run_dir)`` chooses the loop, and the compiled-chunk loop of diffrl's own
+algorithms. Between compiled chunks the host logs, evaluates, checkpoints and shows progress; a run
+ends with a final evaluation and ``summary.json``.
 
 Seeds are a ``vmap`` axis of one compiled program; the host only sees metrics between chunks.
+External trainers (Brax's and SB3's agents) run their own loop in ``diffrl.baselines.runner``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import os
 import pathlib
-import subprocess
-import sys
 import time
-from importlib import metadata
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
+from brax.envs.base import Env
+from omegaconf import DictConfig
 
 from diffrl.algos import Algorithm, make_algorithm
-from diffrl.baselines import EXTERNAL_TRAINERS
 from diffrl.checkpoint import Checkpointer
-from diffrl.envs import make_env
-from diffrl.envs.wrappers import InjectNaN
 from diffrl.errors import TrainingDiverged
 from diffrl.evaluation import make_episode_stats
-from diffrl.loggers import JsonlSink, MetricLogger, WandbSink, to_jsonable
-from diffrl.networks import RecurrentPolicy, make_recurrent_policy
+from diffrl.experiment import (
+    algorithm_options,
+    build_env,
+    build_policy,
+    build_summary,
+    check_config,
+    configure_jax,
+    effective_settings,
+    evaluation_key,
+    is_external,
+    make_logger,
+    seed_keys,
+    write_summary,
+)
+from diffrl.networks import Policy
 from diffrl.progress import ProgressDisplay
 
 log = logging.getLogger("diffrl")
 
-# Keys of an algo config that describe the run rather than the algorithm's own options.
-_RUNNER_KEYS = ("name", "budgets", "hidden_size")
-_EVAL_KEY_OFFSET = 1_000_003  # evaluation start states never coincide with a training key
-
-
-def evaluation_key(seed: int) -> jax.Array:
-    """The start states of every final evaluation of seed family ``seed``, whatever the algorithm."""
-    return jax.random.PRNGKey(seed + _EVAL_KEY_OFFSET)
-
-
-def configure_jax(hardware: DictConfig) -> None:
-    """Platform, precision, XLA flags and the persistent compilation cache, before any computation."""
-    logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every save at INFO
-    if hardware.xla_flags:
-        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {hardware.xla_flags}".strip()
-    os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "true" if hardware.preallocate_memory else "false"
-    jax.config.update("jax_platforms", hardware.platform)
-    jax.config.update("jax_enable_x64", bool(hardware.enable_x64))
-    if hardware.compilation_cache_dir:
-        jax.config.update("jax_compilation_cache_dir", str(pathlib.Path(hardware.compilation_cache_dir).expanduser()))
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+__all__ = ["Experiment", "TrainingDiverged", "build_experiment", "load_policy", "train"]
 
 
 @dataclasses.dataclass(frozen=True)
 class Experiment:
     """Everything a config builds: the env, the policy, the algorithm and the run's length."""
 
-    env: Any
-    policy: RecurrentPolicy
-    algo: Algorithm
+    env: Env
+    policy: Policy
+    algo: Algorithm | None  # None for an external trainer's policy rebuilt for evaluation
     iterations: int
     episode_length: int
+    effective: dict[str, Any]
 
 
-def algorithm_options(cfg: DictConfig) -> tuple[dict[str, Any], int]:
-    """The algorithm's options and outer iterations for the chosen budget.
+def build_experiment(cfg: DictConfig) -> Experiment:
+    check_config(cfg)
+    env = build_env(cfg)
+    policy = build_policy(cfg, env)
+    options, iterations = algorithm_options(cfg)
+    algo = make_algorithm(cfg.algo.name, env, policy, options, iterations)
+    effective = effective_settings(cfg, env, options, iterations, policy)
+    return Experiment(env, policy, algo, iterations, int(cfg.env.episode_length), effective)
 
-    A budget (``algo.budgets.<budget>``) fills the options left ``null`` in the algo config, and
-    ``iterations`` when the top-level ``iterations`` is null: anything set explicitly wins.
-    """
-    algo_cfg = OmegaConf.to_container(cfg.algo, resolve=True)
-    budgets = algo_cfg.get("budgets") or {}
-    if cfg.budget not in budgets:
-        raise ValueError(
-            f"unknown budget {cfg.budget!r} for algo {cfg.algo.name!r}; valid choices: {', '.join(budgets)}"
-        )
-    options = {k: v for k, v in algo_cfg.items() if k not in _RUNNER_KEYS}
-    budget = dict(budgets[cfg.budget])
-    iterations = int(cfg.iterations if cfg.iterations is not None else budget.pop("iterations"))
-    budget.pop("iterations", None)
-    for key, value in budget.items():
-        if options.get(key) is None:
-            options[key] = value
-    # A key some budget manages but this one leaves unset would reach the algorithm as None.
-    managed = {key for numbers in budgets.values() for key in numbers}
-    missing = sorted(k for k in managed if k != "iterations" and options.get(k) is None)
-    if missing:
-        raise ValueError(f"algo {cfg.algo.name!r}: budget {cfg.budget!r} sets no value for {missing}")
-    options["episode_length"] = int(cfg.env.episode_length)
-    if iterations < 1:
-        raise ValueError(f"iterations must be >= 1, got {iterations}")
-    return options, iterations
+
+def train(cfg: DictConfig, run_dir: pathlib.Path) -> dict[str, Any]:
+    """Runs (or resumes) one training job into ``run_dir``; returns the summary it writes.
+    The one place that chooses the loop: external trainers run their own, the rest compiled chunks."""
+    check_config(cfg)
+    if is_external(cfg):
+        from diffrl.baselines.runner import train_external  # imports torch for SB3: only when needed
+
+        return train_external(cfg, run_dir)
+    return train_compiled(cfg, run_dir)
+
+
+def load_policy(run_dir: pathlib.Path, cfg: DictConfig):
+    """(experiment, params [seeds], normalizer [seeds], iteration) from a run directory's checkpoints."""
+    if is_external(cfg):
+        from diffrl.baselines.runner import load_external_policy
+
+        return load_external_policy(run_dir, cfg)
+    exp = build_experiment(cfg)
+    like = jax.jit(jax.vmap(exp.algo.init))(seed_keys(int(cfg.seed), int(cfg.num_seeds)))
+    checkpointer = Checkpointer(pathlib.Path(run_dir) / "checkpoints")
+    try:
+        states, host = checkpointer.restore(like)
+    finally:
+        checkpointer.close()
+    params, normalizer = jax.jit(jax.vmap(exp.algo.policy_params))(states)
+    return exp, params, normalizer, host["iteration"]
 
 
 def divergence_message(cfg: DictConfig, seeds: list[int], iteration: int) -> str:
@@ -109,22 +105,6 @@ def divergence_message(cfg: DictConfig, seeds: list[int], iteration: int) -> str
         "algo.grad.clip_norm=<c>, algo.grad.step_clip=<c>, a smaller learning rate; "
         "algo.grad.max_consecutive_nonfinite sets the limit."
     )
-
-
-def build_experiment(cfg: DictConfig) -> Experiment:
-    env = make_env(cfg.env.name, cfg.env.backend)
-    if cfg.env.get("inject_nan_after") is not None:
-        env = InjectNaN(env, int(cfg.env.inject_nan_after))
-    policy = make_recurrent_policy(env.observation_size, env.action_size, cfg.algo.get("hidden_size"))
-    options, iterations = algorithm_options(cfg)
-    algo = make_algorithm(cfg.algo.name, env, policy, options, iterations)
-    return Experiment(env, policy, algo, iterations, int(cfg.env.episode_length))
-
-
-def seed_keys(seed: int, num_seeds: int) -> jax.Array:
-    """One PRNG key per vmapped seed; seed i of family ``seed`` is the same in every run."""
-    base = jax.random.PRNGKey(seed)
-    return jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.arange(num_seeds))
 
 
 def chunk_lengths(total: int, chunk: int | None) -> list[int]:
@@ -147,12 +127,29 @@ def make_chunk_runner(algo: Algorithm):
 
 
 def summarize_chunk(metrics: dict[str, np.ndarray]) -> dict[str, Any]:
-    """Per-chunk view of per-iteration, per-seed metrics: the last iteration's values (per seed for
-    the return, seed-mean otherwise) and totals of the non-finite counters over the whole chunk."""
+    """Per-chunk view of per-iteration, per-seed metrics ([iterations, seeds] each).
+
+    - ``return``: the last iteration's, per seed (``return_mean`` over seeds);
+    - ``nonfinite*`` counters: totals over the chunk;
+    - ``<name>_sum`` with ``<name>_count`` (e.g. returns of training episodes that ended at irregular
+      times): ``<name>`` = sum / count over the whole chunk, per seed, and the seed mean over the seeds
+      that finished an episode; ``null`` when none did, never a NaN from 0 / 0;
+    - anything else: the last iteration's seed mean.
+    """
     out: dict[str, Any] = {}
     for key, values in metrics.items():
         last = values[-1]
-        if key.startswith("nonfinite"):
+        if key.endswith("_count") and key[: -len("_count")] + "_sum" in metrics:
+            continue
+        if key.endswith("_sum") and key[: -len("_sum")] + "_count" in metrics:
+            name = key[: -len("_sum")]
+            total, count = np.sum(values, axis=0), np.sum(metrics[name + "_count"], axis=0)
+            per_seed = [float(t / c) if c > 0 else None for t, c in zip(total, count)]
+            finished = [v for v in per_seed if v is not None]
+            out[name] = per_seed
+            out[name + "_mean"] = float(np.mean(finished)) if finished else None
+            out[name + "_count"] = int(np.sum(count))
+        elif key.startswith("nonfinite"):
             out[key] = int(np.sum(values))
         elif key == "return":
             out["return"] = last.tolist()
@@ -162,119 +159,19 @@ def summarize_chunk(metrics: dict[str, np.ndarray]) -> dict[str, Any]:
     return out
 
 
-def mean_std(values: list[float]) -> dict[str, Any]:
-    """Per-seed values with their mean and population std (as the papers report)."""
-    arr = np.asarray(values, dtype=float)
-    return {"per_seed": arr.tolist(), "mean": float(arr.mean()), "std": float(arr.std())}
-
-
-def package_versions() -> dict[str, str]:
-    names = ["diffrl", "jax", "jaxlib", "brax", "mujoco", "flax", "optax", "orbax-checkpoint", "hydra-core", "wandb"]
-    versions = {"python": sys.version.split()[0]}
-    for name in names:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
-
-
-def git_commit() -> str | None:
-    repo = pathlib.Path(__file__).resolve().parents[1]
-    try:
-        out = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-        dirty = subprocess.run(
-            ["git", "-C", str(repo), "status", "--porcelain", "-uno"], capture_output=True, text=True, timeout=5
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if out.returncode != 0:
-        return None
-    return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-
-
-def build_summary(
-    cfg: DictConfig,
-    run_dir: pathlib.Path,
-    *,
-    eval_returns: np.ndarray,
-    train_returns: list[float] | None,
-    iterations: int,
-    env_steps_per_seed: int,
-    wall_clock_s: float,
-    compile_time_s: float,
-    upright_fraction: np.ndarray | None = None,
-) -> dict[str, Any]:
-    """What ``summary.json`` holds for any algorithm; ``eval_returns`` (and ``upright_fraction``,
-    the share of each episode's last 100 steps spent balanced) are [seeds, episodes]."""
-    return {
-        "status": "completed",
-        "env": cfg.env.name,
-        "algo": cfg.algo.name,
-        "backend": cfg.env.backend,
-        "budget": cfg.budget,
-        "seed": int(cfg.seed),
-        "num_seeds": int(eval_returns.shape[0]),
-        "iterations": iterations,
-        "env_steps_per_seed": env_steps_per_seed,
-        "final_return": mean_std(eval_returns.mean(axis=1).tolist()),
-        "final_train_return": mean_std(train_returns) if train_returns else None,
-        "final_upright_fraction": mean_std(upright_fraction.mean(axis=1).tolist())
-        if upright_fraction is not None
-        else None,
-        "eval_episodes": int(eval_returns.shape[1]),
-        "wall_clock_s": wall_clock_s,
-        "compile_time_s": compile_time_s,
-        "versions": package_versions(),
-        "git_commit": git_commit(),
-        "run_dir": str(run_dir.absolute()),
-    }
-
-
-def write_summary(run_dir: pathlib.Path, summary: dict[str, Any], wandb_sink: WandbSink | None) -> None:
-    (run_dir / "summary.json").write_text(json.dumps(to_jsonable(summary), indent=2) + "\n")
-    final = summary["final_return"]
-    if wandb_sink is not None:
-        wandb_sink.summary({"final_return_mean": final["mean"], "final_return_std": final["std"]})
-    log.info(
-        "final return %.2f +- %.2f over %d seeds (%d episodes each); summary: %s",
-        final["mean"],
-        final["std"],
-        summary["num_seeds"],
-        summary["eval_episodes"],
-        run_dir / "summary.json",
-    )
-
-
-def make_logger(cfg: DictConfig, run_dir: pathlib.Path, resume_step: int | None, wandb_id: str | None):
-    sinks: list = []
-    wandb_sink = None
-    if cfg.logger.jsonl.enabled:
-        sinks.append(JsonlSink(run_dir / cfg.logger.jsonl.filename, resume_step))
-    if cfg.logger.wandb.enabled:
-        config = OmegaConf.to_container(cfg, resolve=True)
-        name = f"{cfg.env.name}_{cfg.algo.name}_seed{cfg.seed}"
-        wandb_sink = WandbSink(run_dir, config, OmegaConf.to_container(cfg.logger.wandb, resolve=True), name, wandb_id)
-        sinks.append(wandb_sink)
-    return MetricLogger(sinks), wandb_sink
-
-
-def train(cfg: DictConfig, run_dir: pathlib.Path) -> dict[str, Any]:
-    """Runs (or resumes) one training job into ``run_dir``; returns the summary it writes."""
-    if cfg.algo.name in EXTERNAL_TRAINERS:  # PPO, SAC, Brax APG, SB3: agents with their own training loop
-        from diffrl.baselines.runner import train_external
-
-        return train_external(cfg, run_dir)
+def train_compiled(cfg: DictConfig, run_dir: pathlib.Path) -> dict[str, Any]:
+    """diffrl's own algorithms: seeds vmapped, iterations scanned into compiled chunks."""
     configure_jax(cfg.hardware)
     run_dir = pathlib.Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)  # Hydra makes it for `diffrl train`; library callers may not
     exp = build_experiment(cfg)
     algo, num_seeds = exp.algo, int(cfg.num_seeds)
     log.info(
-        "%s on %s (%s backend): %d iterations x %d seeds, %d env steps per iteration per seed",
+        "%s on %s (%s backend, %s policy): %d iterations x %d seeds, %d env steps per iteration per seed",
         cfg.algo.name,
         cfg.env.name,
         cfg.env.backend,
+        exp.policy.name,
         exp.iterations,
         num_seeds,
         algo.env_steps_per_iteration,
@@ -293,11 +190,11 @@ def train(cfg: DictConfig, run_dir: pathlib.Path) -> dict[str, Any]:
         states, host = checkpointer.restore(states)
         log.info("resumed from iteration %d (%s)", host["iteration"], checkpointer.directory)
 
-    logger, wandb_sink = make_logger(cfg, run_dir, host["iteration"] if cfg.resume else None, host["wandb_id"])
+    resume_step = host["iteration"] if cfg.resume else None
+    logger, wandb_sink = make_logger(cfg, run_dir, resume_step, host["wandb_id"], exp.effective)
     if wandb_sink is not None:
         host["wandb_id"] = wandb_sink.run_id
     episode_stats = make_episode_stats(exp.env, exp.policy, exp.episode_length, int(cfg.eval.episodes))
-    evaluate = lambda params, normalizer, key: episode_stats(params, normalizer, key)["return"]
     eval_key = evaluation_key(int(cfg.seed))
     policy_of = jax.jit(jax.vmap(algo.policy_params))
     run_chunk = make_chunk_runner(algo)
@@ -337,9 +234,8 @@ def train(cfg: DictConfig, run_dir: pathlib.Path) -> dict[str, Any]:
                 every = int(cfg.eval.every_chunks)
                 if every and host["chunk"] % every == 0 and host["chunk"] < len(lengths):
                     params, normalizer = policy_of(states)
-                    row["eval_return"] = np.mean(
-                        jax.device_get(evaluate(params, normalizer, eval_key)), axis=1
-                    ).tolist()
+                    stats = jax.device_get(episode_stats(params, normalizer, eval_key))
+                    row["eval_return"] = np.mean(stats["return"], axis=1).tolist()
                 logger.log(row, step=host["iteration"])
                 progress.update(row)
                 if "nonfinite_stalled" in metrics and np.any(metrics["nonfinite_stalled"][-1]):
@@ -356,13 +252,13 @@ def train(cfg: DictConfig, run_dir: pathlib.Path) -> dict[str, Any]:
         summary = build_summary(
             cfg,
             run_dir,
-            eval_returns=np.asarray(final_stats["return"]),
-            upright_fraction=np.asarray(final_stats["upright_fraction"]),
+            eval_stats=final_stats,
             train_returns=last_train_return,
             iterations=host["iteration"],
             env_steps_per_seed=host["iteration"] * steps_per_iteration,
             wall_clock_s=host["wall_clock_s"],
             compile_time_s=host["compile_time_s"],
+            effective=exp.effective,
         )
         write_summary(run_dir, summary, wandb_sink)
         return summary

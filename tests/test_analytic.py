@@ -18,7 +18,7 @@ import pytest
 from diffrl.envs import BACKENDS, TASKS, AnalyticSwingUpEnv, make_env
 from diffrl.envs.analytic import PlanarChain, PlanarState, acceleration, energy, mass_matrix, simulate
 from diffrl.envs.swingup import SwingUpEnv
-from diffrl.networks import make_recurrent_policy
+from diffrl.networks import make_gru_policy
 from diffrl.rollout import episode_return
 
 TASK_NAMES = sorted(TASKS)
@@ -235,7 +235,7 @@ def test_return_gradient_matches_finite_differences(name, integrator):
     direction in parameter space, in float64."""
     with jax.enable_x64(True):
         env = _analytic_env(name, integrator)
-        policy = make_recurrent_policy(env.observation_size, env.action_size)
+        policy = make_gru_policy(env.observation_size, env.action_size)
         # flax initialises float32 parameters even under x64; a float32 return would drown the differences.
         params = jax.tree.map(lambda x: x.astype(jnp.float64), policy.init(jax.random.PRNGKey(0)))
         normalizer = policy.init_normalizer()
@@ -270,7 +270,7 @@ def test_make_env_builds_the_analytic_backend():
 
 def test_batched_policy_rollout_runs_in_float32():
     env = make_env("double_pendulum_swingup", "analytic")
-    policy = make_recurrent_policy(env.observation_size, env.action_size)
+    policy = make_gru_policy(env.observation_size, env.action_size)
     params, normalizer = policy.init(jax.random.PRNGKey(0)), policy.init_normalizer()
     starts = jax.vmap(env.reset)(jax.random.split(jax.random.PRNGKey(1), 4))
     loss = lambda p: jnp.mean(jax.vmap(lambda s: episode_return(env, policy, p, normalizer, s, 10))(starts))

@@ -10,7 +10,7 @@ from jax.flatten_util import ravel_pytree
 from diffrl.algos.apg import APGTrace
 from diffrl.algos.ce_apg import CEAPGState, log_linear_learning_rate
 from diffrl.envs import make_env
-from diffrl.networks import make_recurrent_policy
+from diffrl.networks import make_gru_policy
 from diffrl.rollout import NO_GRADIENT_OPTIONS, GradientOptions, episode_return
 from diffrl.run import TrainingDiverged, build_experiment, train
 
@@ -25,7 +25,7 @@ def _return_fn(env, policy, normalizer, start, horizon, options=NO_GRADIENT_OPTI
 def test_rollout_gradient_matches_central_finite_differences_float64():
     with jax.enable_x64(True):
         env = make_env("acrobot", "generalized")
-        policy = make_recurrent_policy(env.observation_size, env.action_size)
+        policy = make_gru_policy(env.observation_size, env.action_size)
         params = jax.tree.map(lambda x: x.astype(jnp.float64), policy.init(jax.random.PRNGKey(0)))
         flat, unravel = ravel_pytree(params)
         normalizer = policy.init_normalizer()
@@ -44,7 +44,7 @@ def test_rollout_gradient_matches_central_finite_differences_float64():
 @pytest.fixture(scope="module")
 def acrobot_setup():
     env = make_env("acrobot", "generalized")
-    policy = make_recurrent_policy(env.observation_size, env.action_size)
+    policy = make_gru_policy(env.observation_size, env.action_size)
     flat, unravel = ravel_pytree(policy.init(jax.random.PRNGKey(0)))
     start = env.reset(jax.random.PRNGKey(1))
     return env, policy, flat, unravel, policy.init_normalizer(), start

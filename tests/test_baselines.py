@@ -14,7 +14,8 @@ from omegaconf import OmegaConf
 from diffrl.baselines.runner import build_trainer, finished_seeds, seed_dir
 from diffrl.envs import make_env
 from diffrl.eval_run import evaluate_run
-from diffrl.run import _EVAL_KEY_OFFSET, train
+from diffrl.experiment import _EVAL_KEY_OFFSET
+from diffrl.run import train
 
 from conftest import REPO, compose_train
 

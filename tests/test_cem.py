@@ -7,7 +7,8 @@ import pytest
 
 from diffrl.algos.cem import cross_entropy_update
 from diffrl.evaluation import make_evaluator
-from diffrl.run import build_experiment, seed_keys, train
+from diffrl.experiment import seed_keys
+from diffrl.run import build_experiment, train
 
 
 def test_cross_entropy_update_on_a_hand_computed_toy():

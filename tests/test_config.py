@@ -7,7 +7,8 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from cli.main import group_choices
-from diffrl.run import algorithm_options, chunk_lengths
+from diffrl.experiment import algorithm_options
+from diffrl.run import chunk_lengths
 
 from conftest import compose_train
 

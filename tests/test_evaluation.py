@@ -7,7 +7,7 @@ import pytest
 
 from diffrl.envs import TASKS, make_env
 from diffrl.evaluation import make_episode_stats
-from diffrl.networks import make_recurrent_policy
+from diffrl.networks import make_gru_policy
 
 
 @pytest.mark.parametrize(
@@ -28,7 +28,7 @@ def test_upright_means_every_link_within_0_2_rad(task, q, upright):
 
 def test_episode_stats_shapes_and_hanging_policy():
     env = make_env("acrobot", "analytic")
-    policy = make_recurrent_policy(env.observation_size, env.action_size)
+    policy = make_gru_policy(env.observation_size, env.action_size)
     params = jax.tree.map(jnp.zeros_like, policy.init(jax.random.PRNGKey(0)))  # zero torque: hangs still
     stack = lambda tree: jax.tree.map(lambda x: jnp.stack([x, x, x]), tree)
     stats = make_episode_stats(env, policy, episode_length=500, episodes=2)

@@ -12,27 +12,27 @@ from diffrl.algos.base import Algorithm
 from diffrl.algos.ce_apg import CEAPG, CEAPGConfig
 from diffrl.algos.cem import CEM, CEMConfig
 from diffrl.baselines import EXTERNAL_TRAINERS
-from diffrl.networks.policy import RecurrentPolicy
+from diffrl.networks.base import Policy
 
 
 def _with_gradient_config(options: dict[str, Any]) -> dict[str, Any]:
     return {**options, "grad": GradientConfig(**options.get("grad", {}))}
 
 
-def _make_cem(env: Env, policy: RecurrentPolicy, options: dict[str, Any], iterations: int) -> Algorithm:
+def _make_cem(env: Env, policy: Policy, options: dict[str, Any], iterations: int) -> Algorithm:
     return CEM(env, policy, CEMConfig(**options))
 
 
-def _make_papg(env: Env, policy: RecurrentPolicy, options: dict[str, Any], iterations: int) -> Algorithm:
+def _make_papg(env: Env, policy: Policy, options: dict[str, Any], iterations: int) -> Algorithm:
     return PAPG(env, policy, PAPGConfig(**_with_gradient_config(options)))
 
 
-def _make_ce_apg(env: Env, policy: RecurrentPolicy, options: dict[str, Any], iterations: int) -> Algorithm:
+def _make_ce_apg(env: Env, policy: Policy, options: dict[str, Any], iterations: int) -> Algorithm:
     # The learning-rate schedule spans the whole run, so the algorithm needs its length.
     return CEAPG(env, policy, CEAPGConfig(**_with_gradient_config(options), iterations=iterations))
 
 
-Factory = Callable[[Env, RecurrentPolicy, dict[str, Any], int], Algorithm]
+Factory = Callable[[Env, Policy, dict[str, Any], int], Algorithm]
 ALGORITHMS: dict[str, Factory] = {
     "cem": _make_cem,
     "papg": _make_papg,
@@ -40,13 +40,27 @@ ALGORITHMS: dict[str, Factory] = {
 }
 
 
-def make_algorithm(name: str, env: Env, policy: RecurrentPolicy, options: dict[str, Any], iterations: int) -> Algorithm:
+def make_algorithm(name: str, env: Env, policy: Policy, options: dict[str, Any], iterations: int) -> Algorithm:
     """``options``: the algo config for the chosen budget; ``iterations``: the run's outer iterations."""
     if name in EXTERNAL_TRAINERS:
         raise ValueError(f"algo {name!r} runs its own training loop (diffrl.baselines), not as compiled chunks")
     if name not in ALGORITHMS:
         raise ValueError(f"unknown algo {name!r}; valid choices: {', '.join(sorted(ALGORITHMS))}")
+    check_policy(name, policy.name, policy.stochastic)
     return ALGORITHMS[name](env, policy, options, iterations)
 
 
-__all__ = ["ALGORITHMS", "Algorithm", "make_algorithm"]
+# Algorithms that search over, or differentiate through, a deterministic policy's actions.
+DETERMINISTIC_POLICY_ALGOS = ("cem", "papg", "ce_apg")
+
+
+def check_policy(algo: str, policy: str, stochastic: bool) -> None:
+    """One line when an algorithm cannot use the chosen kind of policy."""
+    if algo in DETERMINISTIC_POLICY_ALGOS and stochastic:
+        raise ValueError(
+            f"algo {algo!r} optimises a deterministic policy; policy={policy} is stochastic. "
+            "Use policy=gru or policy=mlp."
+        )
+
+
+__all__ = ["ALGORITHMS", "DETERMINISTIC_POLICY_ALGOS", "Algorithm", "check_policy", "make_algorithm"]

@@ -20,8 +20,8 @@ from brax.envs.base import Env
 from flax import struct
 from jax.flatten_util import ravel_pytree
 
-from diffrl.networks.policy import NormalizerState, Params, RecurrentPolicy
-from diffrl.rollout import GradientOptions, rollout
+from diffrl.networks.base import NormalizerState, Params, Policy
+from diffrl.rollout import GradientOptions, episode_return
 
 _NEVER_APPLY_NONFINITE = 2**31 - 1  # optax would apply non-finite updates after this many in a row
 
@@ -61,7 +61,7 @@ class APGCore:
     """The differentiable-rollout optimiser: loss, optimizer and an ``lax.scan`` of Adam steps."""
 
     def __init__(
-        self, env: Env, policy: RecurrentPolicy, grad: GradientConfig, starts_per_step: int, episode_length: int
+        self, env: Env, policy: Policy, grad: GradientConfig, starts_per_step: int, episode_length: int
     ):
         self.env, self.policy, self.grad = env, policy, grad
         self.starts_per_step, self.episode_length = starts_per_step, episode_length
@@ -86,13 +86,13 @@ class APGCore:
         return jax.vmap(self.env.reset)(jax.random.split(key, self.starts_per_step))
 
     def mean_return(self, flat: jax.Array, normalizer: NormalizerState, starts) -> tuple[jax.Array, jax.Array]:
-        """Mean return over ``starts`` (differentiable) and the observations seen."""
+        """Mean return over ``starts`` (differentiable) and the observations seen while alive."""
         params = self.unravel(flat)
-        run = lambda start: rollout(
+        run = lambda start: episode_return(
             self.env, self.policy, params, normalizer, start, self.episode_length, self.grad.rollout_options
         )
-        rewards, observations = jax.vmap(run)(starts)
-        return jnp.mean(jnp.sum(rewards, axis=-1)), observations
+        returns, trajectory = jax.vmap(run)(starts)
+        return jnp.mean(returns), alive_observations(trajectory)
 
     def gradient_step(self, flat, opt_state, normalizer, key, learning_rate):
         """One Adam step on -(mean return over fresh start states); skipped if non-finite."""
@@ -164,6 +164,14 @@ class PAPGState:
     key: jax.Array
 
 
+def alive_observations(trajectory) -> jax.Array:
+    """The observations of running episodes; those after an episode ended repeat its last one, so a
+    normaliser fed with them is not skewed by a terminated body lying on the floor for hundreds of steps."""
+    last_alive = jnp.maximum(jnp.sum(trajectory.alive, axis=-1, keepdims=True) - 1, 0)
+    index = jnp.minimum(jnp.arange(trajectory.alive.shape[-1]), last_alive)
+    return jnp.take_along_axis(trajectory.observation, index[..., None], axis=-2)
+
+
 def rollout_observations(core: APGCore, flat: jax.Array, normalizer: NormalizerState, key: jax.Array) -> jax.Array:
     """Observations of one batch of episodes of ``flat`` (no gradient), to update the normaliser."""
     return jax.lax.stop_gradient(core.mean_return(flat, normalizer, core.starts(key))[1])
@@ -174,7 +182,7 @@ class PAPG:
 
     name = "papg"
 
-    def __init__(self, env: Env, policy: RecurrentPolicy, config: PAPGConfig):
+    def __init__(self, env: Env, policy: Policy, config: PAPGConfig):
         self.config = config
         self.core = APGCore(env, policy, config.grad, config.starts_per_step, config.episode_length)
 

@@ -10,7 +10,7 @@ from typing import Any, Protocol
 
 import jax
 
-from diffrl.networks.policy import NormalizerState, Params
+from diffrl.networks.base import NormalizerState, Params
 
 TrainState = Any  # a pytree (flax.struct dataclass), one seed's worth; the runner adds the seed axis
 Metrics = dict[str, jax.Array]

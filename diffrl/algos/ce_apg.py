@@ -24,7 +24,7 @@ from flax import struct
 
 from diffrl.algos.apg import APGCore, GradientConfig, apg_metrics, recent_score, rollout_observations
 from diffrl.algos.cem import cross_entropy_update, sample_candidates
-from diffrl.networks.policy import NormalizerState, Params, RecurrentPolicy
+from diffrl.networks.base import NormalizerState, Params, Policy
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,7 +73,7 @@ def log_linear_learning_rate(iteration: jax.Array, iterations: int, start: float
 class CEAPG:
     name = "ce_apg"
 
-    def __init__(self, env: Env, policy: RecurrentPolicy, config: CEAPGConfig):
+    def __init__(self, env: Env, policy: Policy, config: CEAPGConfig):
         self.config = config
         self.core = APGCore(env, policy, config.grad, config.starts_per_step, config.episode_length)
 

@@ -16,8 +16,9 @@ from brax.envs.base import Env
 from flax import struct
 from jax.flatten_util import ravel_pytree
 
-from diffrl.networks.policy import NormalizerState, Params, RecurrentPolicy
-from diffrl.rollout import rollout
+from diffrl.algos.apg import alive_observations
+from diffrl.networks.base import NormalizerState, Params, Policy
+from diffrl.rollout import episode_return
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,7 +70,7 @@ def cross_entropy_update(
 class CEM:
     name = "cem"
 
-    def __init__(self, env: Env, policy: RecurrentPolicy, config: CEMConfig):
+    def __init__(self, env: Env, policy: Policy, config: CEMConfig):
         self.env, self.policy, self.config = env, policy, config
         _, self._unravel = ravel_pytree(policy.init(jax.random.PRNGKey(0)))
 
@@ -96,9 +97,9 @@ class CEM:
     def _score(self, flat_params: jax.Array, normalizer: NormalizerState, starts) -> tuple[jax.Array, jax.Array]:
         """Mean return over the start states, and the observations seen (for the normaliser)."""
         params = self._unravel(flat_params)
-        run = lambda start: rollout(self.env, self.policy, params, normalizer, start, self.config.episode_length)
-        rewards, observations = jax.vmap(run)(starts)
-        return jnp.mean(jnp.sum(rewards, axis=-1)), observations
+        run = lambda start: episode_return(self.env, self.policy, params, normalizer, start, self.config.episode_length)
+        returns, trajectory = jax.vmap(run)(starts)
+        return jnp.mean(returns), alive_observations(trajectory)
 
     def train_step(self, state: CEMState) -> tuple[CEMState, dict]:
         c = self.config

@@ -53,11 +53,15 @@ class FeedForwardPolicy:
     """
 
     make_policy: Callable  # Brax's make_inference_fn(network): (params, deterministic) -> policy(obs, key)
+    name: str = "brax_network"
+    stochastic: bool = False  # evaluation is always deterministic
 
     def initial_carry(self) -> jax.Array:
         return jnp.zeros(())
 
-    def act(self, params: Any, normalizer: Any, carry: jax.Array, obs: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def act(
+        self, params: Any, normalizer: Any, carry: jax.Array, obs: jax.Array, key: jax.Array | None = None
+    ) -> tuple[jax.Array, jax.Array]:
         action, _ = self.make_policy(params, deterministic=True)(obs, jax.random.PRNGKey(0))
         return carry, action
 

@@ -21,19 +21,20 @@ from omegaconf import DictConfig
 
 from diffrl.baselines import trainer_class
 from diffrl.baselines.common import Report
-from diffrl.envs import make_env
 from diffrl.evaluation import make_episode_stats
-from diffrl.progress import ProgressDisplay
-from diffrl.run import (
-    Experiment,
+from diffrl.experiment import (
     algorithm_options,
+    build_env,
     build_summary,
+    check_config,
     configure_jax,
+    effective_settings,
     evaluation_key,
     make_logger,
     seed_keys,
     write_summary,
 )
+from diffrl.progress import ProgressDisplay
 
 log = logging.getLogger("diffrl")
 RESULT_FILE = "result.json"  # written after the seed's policy: its presence means "seed finished"
@@ -74,10 +75,13 @@ def load_policies(trainer, run_dir: pathlib.Path, num_seeds: int) -> list[Any]:
 
 
 def train_external(cfg: DictConfig, run_dir: pathlib.Path) -> dict[str, Any]:
+    check_config(cfg)
     configure_jax(cfg.hardware)
     run_dir = pathlib.Path(run_dir)
-    env = make_env(cfg.env.name, cfg.env.backend)
+    env = build_env(cfg)
     trainer, iterations = build_trainer(cfg, env)
+    options, _ = algorithm_options(cfg)
+    effective = effective_settings(cfg, env, options, iterations)
     num_seeds, episode_length = int(cfg.num_seeds), int(cfg.env.episode_length)
     log.info(
         "%s on %s (%s backend): %d iterations x %d seeds, seeds run sequentially (external trainer)",
@@ -95,7 +99,9 @@ def train_external(cfg: DictConfig, run_dir: pathlib.Path) -> dict[str, Any]:
         log.info("resumed: %d of %d seeds finished, continuing with seed %d", done, num_seeds, done)
         if cfg.logger.jsonl.enabled:
             keep_rows_of_finished_seeds(run_dir / cfg.logger.jsonl.filename, done)
-    logger, wandb_sink = make_logger(cfg, run_dir, done * iterations if cfg.resume else None, run_info["wandb_id"])
+    logger, wandb_sink = make_logger(
+        cfg, run_dir, done * iterations if cfg.resume else None, run_info["wandb_id"], effective
+    )
     if wandb_sink is not None:
         run_info["wandb_id"] = wandb_sink.run_id
     run_file.parent.mkdir(parents=True, exist_ok=True)
@@ -114,17 +120,16 @@ def train_external(cfg: DictConfig, run_dir: pathlib.Path) -> dict[str, Any]:
         episode_stats = make_episode_stats(env, policy, episode_length, int(cfg.eval.episodes))
         eval_key = evaluation_key(int(cfg.seed))
         stats = jax.device_get(episode_stats(params, normalizer, eval_key))
-        eval_returns = np.asarray(stats["return"])
         summary = build_summary(
             cfg,
             run_dir,
-            eval_returns=eval_returns,
+            eval_stats=stats,
             train_returns=[r["train_return"] for r in results],
             iterations=iterations,
             env_steps_per_seed=int(np.mean([r["env_steps"] for r in results])),
             wall_clock_s=float(sum(r["wall_clock_s"] for r in results)),
             compile_time_s=None,  # compiled inside the agent's own loop: not measured apart
-            upright_fraction=np.asarray(stats["upright_fraction"]),
+            effective=effective,
         )
         summary["seeds"] = "sequential"
         write_summary(run_dir, summary, wandb_sink)
@@ -171,9 +176,11 @@ def train_one_seed(cfg, trainer, run_dir: pathlib.Path, index: int, iterations: 
 
 
 def load_external_policy(run_dir: pathlib.Path, cfg: DictConfig):
-    """For ``diffrl eval``: (experiment, config, params [seeds], normalizer [seeds], env steps per seed)
-    from the finished seeds' checkpoints; the policy is rebuilt from the run's config."""
-    env = make_env(cfg.env.name, cfg.env.backend)
+    """For ``diffrl eval``: (experiment, params [seeds], normalizer [seeds], env steps per seed) from the
+    finished seeds' checkpoints; the policy is rebuilt from the run's config."""
+    from diffrl.run import Experiment
+
+    env = build_env(cfg)
     trainer, iterations = build_trainer(cfg, env)
     done = finished_seeds(run_dir, int(cfg.num_seeds))
     if done == 0:
@@ -181,8 +188,7 @@ def load_external_policy(run_dir: pathlib.Path, cfg: DictConfig):
     policy, params, normalizer = trainer.evaluation_policy(load_policies(trainer, run_dir, done))
     env_steps = json.loads((seed_dir(run_dir, done - 1) / RESULT_FILE).read_text())["env_steps"]
     return (
-        Experiment(env, policy, None, iterations, int(cfg.env.episode_length)),
-        cfg,
+        Experiment(env, policy, None, iterations, int(cfg.env.episode_length), {}),
         params,
         normalizer,
         env_steps,

@@ -39,13 +39,16 @@ class SB3Policy:
     on the host for the whole batch of observations at once (``vmap_method="broadcast_all"``).
     """
 
+    name = "sb3_network"
+    stochastic = False  # evaluation is always deterministic
+
     def __init__(self, models: list[Any], action_size: int):
         self.models, self.action_size = list(models), int(action_size)
 
     def initial_carry(self) -> jax.Array:
         return jnp.zeros(())
 
-    def act(self, params: jax.Array, normalizer: Any, carry: jax.Array, obs: jax.Array):
+    def act(self, params: jax.Array, normalizer: Any, carry: jax.Array, obs: jax.Array, key=None):
         result = jax.ShapeDtypeStruct(obs.shape[:-1] + (self.action_size,), jnp.float32)
         action = jax.pure_callback(self._predict, result, params, obs, vmap_method="broadcast_all")
         return carry, action

@@ -1,28 +1,112 @@
-"""Environments: the CE-APG swing-up tasks on Brax's physics pipelines or on their closed-form dynamics.
+"""Environments: every task diffrl knows, by name, with the physics backends it supports.
 
-``make_env(name, backend)`` is the one way in; an unknown name or backend raises a ``ValueError``
-that lists the valid choices.
+Two suites share one registry:
+- ``swingup``: the CE-APG swing-up tasks (MJCF under ``assets/``), on their exact closed-form dynamics
+  (``analytic``) or on any of Brax's pipelines;
+- ``brax``: Brax's built-in locomotion and control tasks (``brax.envs.get_environment``), with contacts,
+  terminations and no closed form.
+
+``make_env(name, backend)`` is the one way in. An unknown name, or a backend the task does not support,
+raises ``ValueError`` with one line naming the valid choices.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
+
+from brax import envs as brax_envs
 from brax.envs.base import Env
 
 from diffrl.envs.analytic import AnalyticSwingUpEnv
+from diffrl.envs.brax_suite import BraxSuiteEnv
 from diffrl.envs.swingup import SwingUpEnv
 from diffrl.envs.tasks import TASKS, SwingUpTask, wrap_angle
 
-BACKENDS = ("generalized", "mjx", "spring", "positional", "analytic")
+BRAX_PIPELINES = ("generalized", "mjx", "spring", "positional")
+BACKENDS = (*BRAX_PIPELINES, "analytic")  # every backend some task supports
+
+# MJX's constraint solver loops (`while_loop`) until converged unless it runs exactly one iteration, and
+# reverse-mode autodiff cannot go through a `while_loop`. Brax sets this only for ant and humanoid.
+MJX_GRADIENT_SOLVER = {"opt.iterations": 1, "opt.ls_iterations": 4}
 
 
-def make_env(name: str, backend: str = "generalized") -> Env:
-    if name not in TASKS:
-        raise ValueError(f"unknown env {name!r}; valid choices: {', '.join(sorted(TASKS))}")
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r} for env {name!r}; valid choices: {', '.join(BACKENDS)}")
-    if backend == "analytic":
-        return AnalyticSwingUpEnv(TASKS[name])
-    return SwingUpEnv(TASKS[name], backend=backend)
+@dataclasses.dataclass(frozen=True)
+class TaskSpec:
+    """A task in the registry: its suite, the backends it runs on, and how to build it on one."""
+
+    name: str
+    suite: str  # "swingup" | "brax"
+    backends: tuple[str, ...]
+    build: Callable[[str], Env]
 
 
-__all__ = ["BACKENDS", "TASKS", "AnalyticSwingUpEnv", "SwingUpEnv", "SwingUpTask", "make_env", "wrap_angle"]
+def _swingup(task: SwingUpTask) -> TaskSpec:
+    def build(backend: str) -> Env:
+        return AnalyticSwingUpEnv(task) if backend == "analytic" else SwingUpEnv(task, backend=backend)
+
+    return TaskSpec(task.name, "swingup", ("analytic", *BRAX_PIPELINES), build)
+
+
+def _brax(name: str, backends: tuple[str, ...] = BRAX_PIPELINES) -> TaskSpec:
+    return TaskSpec(name, "brax", backends, lambda backend: brax_envs.get_environment(name, backend=backend))
+
+
+REGISTRY: dict[str, TaskSpec] = {
+    spec.name: spec
+    for spec in (
+        *(_swingup(task) for task in TASKS.values()),
+        _brax("ant"),
+        _brax("halfcheetah"),
+        _brax("hopper"),
+        _brax("humanoid"),
+        _brax("inverted_pendulum"),
+        _brax("reacher"),
+        _brax("swimmer", backends=("generalized",)),  # Brax's swimmer raises on any other pipeline
+        _brax("walker2d"),
+    )
+}
+
+
+def task_spec(name: str) -> TaskSpec:
+    if name not in REGISTRY:
+        raise ValueError(f"unknown env {name!r}; valid choices: {', '.join(sorted(REGISTRY))}")
+    return REGISTRY[name]
+
+
+def check_backend(name: str, backend: str) -> None:
+    """One line naming the backends ``name`` supports when ``backend`` is not one of them."""
+    spec = task_spec(name)
+    if backend not in spec.backends:
+        why = " (no closed-form dynamics for this task)" if backend == "analytic" else ""
+        raise ValueError(
+            f"env {name!r} has no backend {backend!r}{why}; valid backends for {name}: {', '.join(spec.backends)}"
+        )
+
+
+def make_env(name: str, backend: str = "generalized", mjx_solver: dict | None = None) -> Env:
+    """The task ``name`` on ``backend``; on ``mjx``, the solver options ``mjx_solver`` (default: one
+    iteration, so the step is reverse-differentiable) replace the MJCF's."""
+    check_backend(name, backend)
+    spec = task_spec(name)
+    env = spec.build(backend)
+    if backend == "mjx":
+        env.sys = env.sys.tree_replace(MJX_GRADIENT_SOLVER if mjx_solver is None else mjx_solver)
+    return BraxSuiteEnv(env) if spec.suite == "brax" else env
+
+
+__all__ = [
+    "BACKENDS",
+    "BRAX_PIPELINES",
+    "REGISTRY",
+    "TASKS",
+    "AnalyticSwingUpEnv",
+    "BraxSuiteEnv",
+    "SwingUpEnv",
+    "SwingUpTask",
+    "TaskSpec",
+    "check_backend",
+    "make_env",
+    "task_spec",
+    "wrap_angle",
+]

@@ -22,6 +22,7 @@ import numpy as np
 from brax.envs.base import Env, State
 from flax import struct
 
+from diffrl.envs.swingup import SwingUpHooks
 from diffrl.envs.tasks import SwingUpTask
 
 Array = jax.Array
@@ -348,7 +349,7 @@ class PlanarState:
     qd: Array
 
 
-class AnalyticSwingUpEnv(Env):
+class AnalyticSwingUpEnv(SwingUpHooks, Env):
     """A swing-up task on the closed-form dynamics, with ``SwingUpEnv``'s reset and step semantics."""
 
     def __init__(self, task: SwingUpTask, integrator: str = "semi_implicit", remat: bool = True):

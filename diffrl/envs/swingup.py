@@ -1,4 +1,5 @@
-"""Brax environments for the swing-up tasks, on any of Brax's physics pipelines."""
+"""Brax environments for the swing-up tasks, on any of Brax's physics pipelines, and the task hooks
+(episode metrics, replay) that every backend of a swing-up task shares."""
 
 from __future__ import annotations
 
@@ -9,8 +10,32 @@ from brax.io import mjcf
 
 from diffrl.envs.tasks import SwingUpTask
 
+UPRIGHT_TAIL = 100  # steps at the end of an episode over which balancing is measured
 
-class SwingUpEnv(PipelineEnv):
+
+class SwingUpHooks:
+    """What generic code may ask a swing-up env: its task-specific episode metrics and its replay."""
+
+    task: SwingUpTask
+    dt: float
+
+    def episode_metrics(self, pipeline_states, alive: jax.Array) -> dict[str, jax.Array]:
+        """``upright_fraction``: the share of the last 100 steps with every link within 0.2 rad of
+        upright: does the policy *balance*, or swing through the top? (states and ``alive``: [T, ...])"""
+        upright = jax.vmap(self.task.upright)(pipeline_states.q)
+        return {"upright_fraction": jnp.mean(upright[-UPRIGHT_TAIL:])}
+
+    def replay(self, pipeline_states):
+        """(system, maximal-coordinate states) for ``brax.io.html.render``, from any backend's (q, qd):
+        the generalized pipeline's ``init`` on the task's own MJCF (the closed form has no Brax system)."""
+        from brax.generalized import pipeline as generalized
+
+        sys = mjcf.loads(self.task.xml)
+        frames = jax.jit(jax.vmap(lambda q, qd: generalized.init(sys, q, qd)))(pipeline_states.q, pipeline_states.qd)
+        return sys.tree_replace({"opt.timestep": self.dt}), frames
+
+
+class SwingUpEnv(SwingUpHooks, PipelineEnv):
     """A swing-up task as a Brax ``PipelineEnv``; ``backend`` picks the physics pipeline.
 
     No termination: an episode is a fixed number of steps, counted by the runner (or by Brax's

@@ -1,0 +1,286 @@
+"""What every training loop shares, whichever runs the algorithm (diffrl's compiled chunks or an
+external trainer's own loop): JAX set-up, checks of the composed config, the effective options a budget
+gives, env and policy construction, seeds and keys, the logger, and ``summary.json``.
+
+Nothing here imports a training loop; ``diffrl.run`` chooses the loop.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pathlib
+import subprocess
+import sys
+from importlib import metadata
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from diffrl.algos import DETERMINISTIC_POLICY_ALGOS, check_policy
+from diffrl.baselines import EXTERNAL_TRAINERS
+from diffrl.envs import check_backend, make_env
+from diffrl.envs.wrappers import InjectNaN
+from diffrl.loggers import JsonlSink, MetricLogger, WandbSink, to_jsonable
+from diffrl.networks import POLICIES, STOCHASTIC_POLICIES, Policy, make_policy
+
+log = logging.getLogger("diffrl")
+
+# Keys of an algo config that describe the run rather than the algorithm's own options.
+_RUNNER_KEYS = ("name", "budgets")
+_EVAL_KEY_OFFSET = 1_000_003  # evaluation start states never coincide with a training key
+
+
+class ConfigError(ValueError):
+    """A composed config that cannot run; raised before anything is built or compiled."""
+
+
+def evaluation_key(seed: int) -> jax.Array:
+    """The start states of every final evaluation of seed family ``seed``, whatever the algorithm."""
+    return jax.random.PRNGKey(seed + _EVAL_KEY_OFFSET)
+
+
+def seed_keys(seed: int, num_seeds: int) -> jax.Array:
+    """One PRNG key per vmapped seed; seed i of family ``seed`` is the same in every run."""
+    base = jax.random.PRNGKey(seed)
+    return jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.arange(num_seeds))
+
+
+def configure_jax(hardware: DictConfig) -> None:
+    """Platform, precision, XLA flags and the persistent compilation cache, before any computation."""
+    logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every save at INFO
+    if hardware.xla_flags and hardware.xla_flags not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {hardware.xla_flags}".strip()
+    os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "true" if hardware.preallocate_memory else "false"
+    jax.config.update("jax_platforms", hardware.platform)
+    jax.config.update("jax_enable_x64", bool(hardware.enable_x64))
+    if hardware.compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", str(pathlib.Path(hardware.compilation_cache_dir).expanduser()))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
+def is_external(cfg: DictConfig) -> bool:
+    """PPO, SAC, Brax APG, SB3: agents with their own training loop and their own networks."""
+    return cfg.algo.name in EXTERNAL_TRAINERS
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Combinations that cannot work, each refused with one line that says why (before any compile)."""
+    check_backend(cfg.env.name, cfg.env.backend)
+    policy = cfg.get("policy")
+    if is_external(cfg):
+        if policy is not None:
+            raise ConfigError(
+                f"algo={cfg.algo.name} trains Brax's or SB3's own networks (set them under algo.network / "
+                f"algo.policy_kwargs); policy={policy.name} applies to {', '.join(DETERMINISTIC_POLICY_ALGOS)}"
+            )
+        if cfg.env.get("inject_nan_after") is not None:
+            raise ConfigError(
+                f"env.inject_nan_after works with diffrl's own algorithms, not algo={cfg.algo.name} "
+                "(its trainer would never see the NaN guard it tests)"
+            )
+        return
+    if policy is None:
+        raise ConfigError(f"algo={cfg.algo.name} needs a policy: add policy=<{' | '.join(POLICIES)}>")
+    if policy.name not in POLICIES:
+        raise ConfigError(f"unknown policy {policy.name!r}; valid choices: {', '.join(POLICIES)}")
+    try:
+        check_policy(cfg.algo.name, policy.name, policy.name in STOCHASTIC_POLICIES)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
+def algorithm_options(cfg: DictConfig) -> tuple[dict[str, Any], int]:
+    """The algorithm's options and outer iterations for the chosen budget.
+
+    A budget (``algo.budgets.<budget>``) fills the options left ``null`` in the algo config, and
+    ``iterations`` when the top-level ``iterations`` is null: anything set explicitly wins.
+    """
+    algo_cfg = OmegaConf.to_container(cfg.algo, resolve=True)
+    budgets = algo_cfg.get("budgets") or {}
+    if cfg.budget not in budgets:
+        raise ConfigError(
+            f"unknown budget {cfg.budget!r} for algo {cfg.algo.name!r}; valid choices: {', '.join(budgets)}"
+        )
+    options = {k: v for k, v in algo_cfg.items() if k not in _RUNNER_KEYS}
+    budget = dict(budgets[cfg.budget])
+    iterations = int(cfg.iterations if cfg.iterations is not None else budget.pop("iterations"))
+    budget.pop("iterations", None)
+    for key, value in budget.items():
+        if options.get(key) is None:
+            options[key] = value
+    # A key some budget manages but this one leaves unset would reach the algorithm as None.
+    managed = {key for numbers in budgets.values() for key in numbers}
+    missing = sorted(k for k in managed if k != "iterations" and options.get(k) is None)
+    if missing:
+        raise ConfigError(f"algo {cfg.algo.name!r}: budget {cfg.budget!r} sets no value for {missing}")
+    options["episode_length"] = int(cfg.env.episode_length)
+    if iterations < 1:
+        raise ConfigError(f"iterations must be >= 1, got {iterations}")
+    return options, iterations
+
+
+def mjx_solver(env_cfg: DictConfig) -> dict[str, int]:
+    """The MJX solver options the env config asks for (null keeps the MJCF's)."""
+    options = {"opt.iterations": env_cfg.get("mjx_iterations"), "opt.ls_iterations": env_cfg.get("mjx_ls_iterations")}
+    return {k: int(v) for k, v in options.items() if v is not None}
+
+
+def build_env(cfg: DictConfig):
+    """The task on its backend, with the debugging NaN injection when asked for."""
+    env = make_env(cfg.env.name, cfg.env.backend, mjx_solver(cfg.env))
+    if cfg.env.get("inject_nan_after") is not None:
+        env = InjectNaN(env, int(cfg.env.inject_nan_after))
+    return env
+
+
+def build_policy(cfg: DictConfig, env) -> Policy:
+    return make_policy(OmegaConf.to_container(cfg.policy, resolve=True), env.observation_size, env.action_size)
+
+
+def policy_description(policy: Policy) -> dict[str, Any]:
+    """The policy as built (defaults resolved, e.g. the GRU's width) and its parameter count."""
+    module = {k: v for k, v in vars(policy.module).items() if not k.startswith("_") and k not in ("parent", "name")}
+    params = policy.init(jax.random.PRNGKey(0))
+    return {
+        "name": policy.name,
+        "stochastic": policy.stochastic,
+        "module": type(policy.module).__name__,
+        **to_jsonable({k: list(v) if isinstance(v, tuple) else v for k, v in module.items()}),
+        "num_params": int(sum(np.size(x) for x in jax.tree.leaves(params))),
+    }
+
+
+def effective_settings(
+    cfg: DictConfig, env, options: dict[str, Any], iterations: int, policy: Policy | None = None
+) -> dict[str, Any]:
+    """What the run actually used, after budgets filled the options left null: enough to read a run
+    back without the code (recorded in ``summary.json`` and the wandb config)."""
+    return to_jsonable(
+        {
+            "algo": {"name": cfg.algo.name, "iterations": iterations, **options},
+            "policy": policy_description(policy) if policy is not None else "the trainer's own networks",
+            "env": {
+                "name": cfg.env.name,
+                "backend": cfg.env.backend,
+                "episode_length": int(cfg.env.episode_length),
+                "observation_size": int(env.observation_size),
+                "action_size": int(env.action_size),
+                "control_dt": float(env.dt),
+                **({"mjx_solver": mjx_solver(cfg.env)} if cfg.env.backend == "mjx" else {}),
+            },
+            "budget": cfg.budget,
+            "num_seeds": int(cfg.num_seeds),
+            "enable_x64": bool(cfg.hardware.enable_x64),
+        }
+    )
+
+
+def mean_std(values: list[float]) -> dict[str, Any]:
+    """Per-seed values with their mean and population std (as the papers report)."""
+    arr = np.asarray(values, dtype=float)
+    return {"per_seed": arr.tolist(), "mean": float(arr.mean()), "std": float(arr.std())}
+
+
+def package_versions() -> dict[str, str]:
+    names = ["diffrl", "jax", "jaxlib", "brax", "mujoco", "mujoco-mjx", "flax", "optax", "orbax-checkpoint"]
+    versions = {"python": sys.version.split()[0]}
+    for name in [*names, "hydra-core", "wandb"]:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def git_commit() -> str | None:
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    try:
+        out = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(
+            ["git", "-C", str(repo), "status", "--porcelain", "-uno"], capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def build_summary(
+    cfg: DictConfig,
+    run_dir: pathlib.Path,
+    *,
+    eval_stats: dict[str, np.ndarray],
+    train_returns: list[float] | None,
+    iterations: int,
+    env_steps_per_seed: int,
+    wall_clock_s: float,
+    compile_time_s: float | None,
+    effective: dict[str, Any],
+) -> dict[str, Any]:
+    """What ``summary.json`` holds for any algorithm. ``eval_stats`` are the final evaluation's per-episode
+    values, [seeds, episodes]: ``return``, ``length`` and the task's own metrics (e.g. the swing-ups'
+    ``upright_fraction``, the share of each episode's last 100 steps spent balanced)."""
+    eval_returns = np.asarray(eval_stats["return"])
+    per_seed = lambda key: mean_std(np.asarray(eval_stats[key], dtype=float).mean(axis=1).tolist())
+    task_metrics = {f"final_{key}": per_seed(key) for key in eval_stats if key not in ("return", "length")}
+    return {
+        "status": "completed",
+        "env": cfg.env.name,
+        "algo": cfg.algo.name,
+        "policy": cfg.policy.name if cfg.get("policy") is not None else None,
+        "backend": cfg.env.backend,
+        "budget": cfg.budget,
+        "seed": int(cfg.seed),
+        "num_seeds": int(eval_returns.shape[0]),
+        "iterations": iterations,
+        "env_steps_per_seed": env_steps_per_seed,
+        "final_return": mean_std(eval_returns.mean(axis=1).tolist()),
+        "final_episode_length": per_seed("length"),
+        "final_train_return": mean_std(train_returns) if train_returns else None,
+        **task_metrics,
+        "eval_episodes": int(eval_returns.shape[1]),
+        "wall_clock_s": wall_clock_s,
+        "compile_time_s": compile_time_s,
+        "effective": effective,
+        "versions": package_versions(),
+        "git_commit": git_commit(),
+        "run_dir": str(run_dir.absolute()),
+    }
+
+
+def write_summary(run_dir: pathlib.Path, summary: dict[str, Any], wandb_sink: WandbSink | None) -> None:
+    (run_dir / "summary.json").write_text(json.dumps(to_jsonable(summary), indent=2) + "\n")
+    final = summary["final_return"]
+    if wandb_sink is not None:
+        wandb_sink.summary({"final_return_mean": final["mean"], "final_return_std": final["std"]})
+    log.info(
+        "final return %.2f +- %.2f over %d seeds (%d episodes each, mean length %.0f steps); summary: %s",
+        final["mean"],
+        final["std"],
+        summary["num_seeds"],
+        summary["eval_episodes"],
+        summary["final_episode_length"]["mean"],
+        run_dir / "summary.json",
+    )
+
+
+def make_logger(
+    cfg: DictConfig, run_dir: pathlib.Path, resume_step: int | None, wandb_id: str | None, effective: dict[str, Any]
+):
+    """The run's logger (JSONL, wandb) and its wandb sink, whose config holds the effective settings."""
+    sinks: list = []
+    wandb_sink = None
+    if cfg.logger.jsonl.enabled:
+        sinks.append(JsonlSink(run_dir / cfg.logger.jsonl.filename, resume_step))
+    if cfg.logger.wandb.enabled:
+        config = {**OmegaConf.to_container(cfg, resolve=True), "effective": effective}
+        name = f"{cfg.env.name}_{cfg.algo.name}_seed{cfg.seed}"
+        wandb_sink = WandbSink(run_dir, config, OmegaConf.to_container(cfg.logger.wandb, resolve=True), name, wandb_id)
+        sinks.append(wandb_sink)
+    return MetricLogger(sinks), wandb_sink

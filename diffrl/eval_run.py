@@ -11,9 +11,10 @@ import jax
 import numpy as np
 from omegaconf import OmegaConf
 
-from diffrl.evaluation import make_episode_stats, run_episode
+from diffrl.evaluation import make_episode_stats
 from diffrl.experiment import configure_jax, mean_std
 from diffrl.loggers import to_jsonable
+from diffrl.rollout import episode
 from diffrl.run import load_policy
 
 log = logging.getLogger("diffrl")
@@ -36,7 +37,9 @@ def write_replay(exp, params, normalizer, key, path: pathlib.Path) -> int:
     from brax.io import html
 
     trajectory = jax.jit(
-        lambda p, n, k: run_episode(exp.env, exp.policy, p, n, exp.env.reset(k), exp.episode_length, True)
+        lambda p, n, k: episode(
+            exp.env, exp.policy, p, n, exp.env.reset(k), exp.episode_length, record_pipeline_state=True
+        )
     )(params, normalizer, key)
     length = max(int(np.sum(jax.device_get(trajectory.alive))), 1)
     sys, states = exp.env.replay(trajectory.pipeline_state)

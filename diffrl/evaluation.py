@@ -15,37 +15,13 @@ import jax.numpy as jnp
 from brax.envs.base import Env
 
 from diffrl.networks.base import NormalizerState, Params, Policy
-from diffrl.rollout import Trajectory, start_from, unroll
+from diffrl.rollout import episode
 
 
 def task_metrics_hook(env: Env):
     """The env's ``episode_metrics(pipeline_states, alive) -> dict`` hook, or None (Brax wrappers
     forward attribute look-ups to the env they wrap)."""
     return getattr(env, "episode_metrics", None)
-
-
-def run_episode(
-    env: Env,
-    policy: Policy,
-    params: Params,
-    normalizer: NormalizerState,
-    start_state,
-    episode_length: int,
-    record_pipeline_state: bool = False,
-) -> Trajectory:
-    """One deterministic episode from ``start_state``: its per-step trajectory, masked after it ends."""
-    carry = start_from(start_state, policy, jax.random.PRNGKey(0))
-    _, trajectory = unroll(
-        env,
-        policy,
-        params,
-        normalizer,
-        carry,
-        episode_length,
-        episode_length=episode_length,
-        record_pipeline_state=record_pipeline_state,
-    )
-    return trajectory
 
 
 def make_episode_stats(env: Env, policy: Policy, episode_length: int, episodes: int):
@@ -58,7 +34,8 @@ def make_episode_stats(env: Env, policy: Policy, episode_length: int, episodes: 
     hook = task_metrics_hook(env)
 
     def one_episode(params: Params, normalizer: NormalizerState, start_state) -> dict[str, jax.Array]:
-        trajectory = run_episode(env, policy, params, normalizer, start_state, episode_length, hook is not None)
+        record = hook is not None
+        trajectory = episode(env, policy, params, normalizer, start_state, episode_length, record_pipeline_state=record)
         out = {"return": jnp.sum(trajectory.reward), "length": jnp.sum(trajectory.alive)}
         if hook is not None:
             out.update(hook(trajectory.pipeline_state, trajectory.alive))

@@ -152,7 +152,8 @@ def unroll(
         next_state = env.step(state, action)
         steps = carry.steps + 1
         terminated = next_state.done > 0
-        truncated = jnp.logical_and(steps >= episode_length, ~terminated) if episode_length else jnp.zeros_like(terminated)
+        out_of_time = steps >= episode_length if episode_length else jnp.zeros_like(terminated)
+        truncated = jnp.logical_and(out_of_time, ~terminated)
         done = jnp.logical_or(terminated, truncated)
         record = Trajectory(
             observation=state.obs,
@@ -179,6 +180,32 @@ def unroll(
     return jax.lax.scan(step, carry, jnp.arange(length))
 
 
+def episode(
+    env: Env,
+    policy: Policy,
+    params: Params,
+    normalizer: NormalizerState,
+    start_state: State,
+    length: int,
+    gradients: GradientOptions = NO_GRADIENT_OPTIONS,
+    record_pipeline_state: bool = False,
+) -> Trajectory:
+    """One deterministic episode of at most ``length`` steps from ``start_state``, masked after it ends."""
+    carry = start_from(start_state, policy, jax.random.PRNGKey(0))
+    _, trajectory = unroll(
+        env,
+        policy,
+        params,
+        normalizer,
+        carry,
+        length,
+        episode_length=length,
+        gradients=gradients,
+        record_pipeline_state=record_pipeline_state,
+    )
+    return trajectory
+
+
 def episode_return(
     env: Env,
     policy: Policy,
@@ -187,9 +214,7 @@ def episode_return(
     start_state: State,
     length: int,
     gradients: GradientOptions = NO_GRADIENT_OPTIONS,
-) -> tuple[jax.Array, Trajectory]:
-    """Undiscounted return of one deterministic episode of at most ``length`` steps from ``start_state``
-    (steps after a termination add nothing), and its trajectory. The quantity every table reports."""
-    carry = start_from(start_state, policy, jax.random.PRNGKey(0))
-    _, trajectory = unroll(env, policy, params, normalizer, carry, length, gradients=gradients)
-    return jnp.sum(trajectory.reward), trajectory
+) -> jax.Array:
+    """Undiscounted return of one deterministic episode (steps after a termination add nothing): the
+    quantity every table in diffrl reports, and minus the loss of analytic policy gradients."""
+    return jnp.sum(episode(env, policy, params, normalizer, start_state, length, gradients).reward)

@@ -21,7 +21,7 @@ from flax import struct
 from jax.flatten_util import ravel_pytree
 
 from diffrl.networks.base import NormalizerState, Params, Policy
-from diffrl.rollout import GradientOptions, episode_return
+from diffrl.rollout import GradientOptions, episode
 
 _NEVER_APPLY_NONFINITE = 2**31 - 1  # optax would apply non-finite updates after this many in a row
 
@@ -60,9 +60,7 @@ def nonfinite_streak(opt_state: Any) -> jax.Array:
 class APGCore:
     """The differentiable-rollout optimiser: loss, optimizer and an ``lax.scan`` of Adam steps."""
 
-    def __init__(
-        self, env: Env, policy: Policy, grad: GradientConfig, starts_per_step: int, episode_length: int
-    ):
+    def __init__(self, env: Env, policy: Policy, grad: GradientConfig, starts_per_step: int, episode_length: int):
         self.env, self.policy, self.grad = env, policy, grad
         self.starts_per_step, self.episode_length = starts_per_step, episode_length
         flat, self.unravel = ravel_pytree(policy.init(jax.random.PRNGKey(0)))
@@ -88,11 +86,11 @@ class APGCore:
     def mean_return(self, flat: jax.Array, normalizer: NormalizerState, starts) -> tuple[jax.Array, jax.Array]:
         """Mean return over ``starts`` (differentiable) and the observations seen while alive."""
         params = self.unravel(flat)
-        run = lambda start: episode_return(
+        run = lambda start: episode(
             self.env, self.policy, params, normalizer, start, self.episode_length, self.grad.rollout_options
         )
-        returns, trajectory = jax.vmap(run)(starts)
-        return jnp.mean(returns), alive_observations(trajectory)
+        trajectory = jax.vmap(run)(starts)
+        return jnp.mean(jnp.sum(trajectory.reward, axis=-1)), alive_observations(trajectory)
 
     def gradient_step(self, flat, opt_state, normalizer, key, learning_rate):
         """One Adam step on -(mean return over fresh start states); skipped if non-finite."""

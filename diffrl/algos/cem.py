@@ -18,7 +18,7 @@ from jax.flatten_util import ravel_pytree
 
 from diffrl.algos.apg import alive_observations
 from diffrl.networks.base import NormalizerState, Params, Policy
-from diffrl.rollout import episode_return
+from diffrl.rollout import episode
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,9 +97,9 @@ class CEM:
     def _score(self, flat_params: jax.Array, normalizer: NormalizerState, starts) -> tuple[jax.Array, jax.Array]:
         """Mean return over the start states, and the observations seen (for the normaliser)."""
         params = self._unravel(flat_params)
-        run = lambda start: episode_return(self.env, self.policy, params, normalizer, start, self.config.episode_length)
-        returns, trajectory = jax.vmap(run)(starts)
-        return jnp.mean(returns), alive_observations(trajectory)
+        run = lambda start: episode(self.env, self.policy, params, normalizer, start, self.config.episode_length)
+        trajectory = jax.vmap(run)(starts)
+        return jnp.mean(jnp.sum(trajectory.reward, axis=-1)), alive_observations(trajectory)
 
     def train_step(self, state: CEMState) -> tuple[CEMState, dict]:
         c = self.config

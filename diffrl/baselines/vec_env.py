@@ -1,11 +1,16 @@
 """Our JAX envs as a stable-baselines3 ``VecEnv``: every env steps in one jitted, batched call.
 
 The batch of Brax states stays on the device; numpy appears only at the boundary (actions in;
-observations, rewards, dones out). Episodes are exactly ``episode_length`` steps, as for every other
-diffrl algorithm: the env never terminates, so the last step of an episode is a time-limit
-*truncation* (``TimeLimit.truncated`` in its info, which SB3's PPO and SAC bootstrap through) and
-the env resets itself inside the same jitted call, reporting the ``terminal_observation`` and a
-Monitor-style ``episode`` record so SB3's own ``ep_rew_mean`` works unchanged.
+observations, rewards, dones out). An episode ends in one of two ways, which SB3 treats differently:
+
+- a **termination**: the env sets ``done`` (Brax's ant, hopper, ... when unhealthy; the inverted
+  pendulum when the pole falls). ``TimeLimit.truncated`` is ``False``: SB3 does not bootstrap through it;
+- a **time-limit truncation** after ``episode_length`` steps (the only end the swing-up tasks have):
+  ``TimeLimit.truncated`` is ``True``, and SB3's PPO and SAC bootstrap from the terminal observation.
+
+Either way the env resets itself inside the same jitted call, reporting the ``terminal_observation``
+and a Monitor-style ``episode`` record (its real return and length) so SB3's own ``ep_rew_mean`` and
+``ep_len_mean`` work unchanged.
 
 Importing this module imports gymnasium and stable-baselines3 (and so torch): only the SB3 path does.
 """
@@ -41,16 +46,23 @@ def _reset_batch(env: Env, num_envs: int, key: jax.Array) -> BatchState:
 
 
 def _step_batch(env: Env, episode_length: int, batch: BatchState, actions: jax.Array):
-    """One step of every env; envs whose episode just ended restart from a fresh start state."""
+    """One step of every env; envs whose episode just ended restart from a fresh start state.
+
+    Returns the next batch and ``(obs, reward, done, truncated, terminal_obs, episode_return,
+    episode_steps)``: ``done`` = terminated by the env or truncated by the time limit, ``truncated`` only
+    the latter (a step that both terminates and hits the limit is a termination).
+    """
     stepped = jax.vmap(env.step)(batch.env, actions)
     t = batch.t + 1
     episode_return = batch.episode_return + stepped.reward
-    done = t >= episode_length
+    terminated = stepped.done > 0
+    truncated = jnp.logical_and(t >= episode_length, ~terminated)
+    done = jnp.logical_or(terminated, truncated)
     fresh = _reset_batch(env, actions.shape[0], batch.key)
     pick = lambda new, old: jnp.where(done.reshape(done.shape + (1,) * (new.ndim - 1)), new, old)
     next_env = jax.tree.map(pick, fresh.env, stepped)
     next_batch = BatchState(next_env, jnp.where(done, 0, t), jnp.where(done, 0.0, episode_return), fresh.key)
-    out = (next_env.obs, stepped.reward, done, stepped.obs, episode_return)
+    out = (next_env.obs, stepped.reward, done, truncated, stepped.obs, episode_return, t)
     return next_batch, out
 
 
@@ -86,15 +98,18 @@ class JaxVecEnv(VecEnv):
         if self._batch is None:
             raise RuntimeError("JaxVecEnv.step called before reset")
         self._batch, out = self._step(self._batch, jnp.asarray(self._actions))
-        obs, rewards, dones, terminal_obs, returns = (np.array(x) for x in jax.device_get(out))  # writable copies
+        obs, rewards, dones, truncated, terminal_obs, returns, lengths = (
+            np.array(x)
+            for x in jax.device_get(out)  # writable copies
+        )
         infos: list[dict[str, Any]] = [{} for _ in range(self.num_envs)]
         if dones.any():
-            elapsed = time.perf_counter() - self._episode_start
+            elapsed = round(time.perf_counter() - self._episode_start, 6)
             for i in np.flatnonzero(dones):
                 infos[i] = {
                     "terminal_observation": terminal_obs[i].astype(np.float32),
-                    "TimeLimit.truncated": True,
-                    "episode": {"r": float(returns[i]), "l": self.episode_length, "t": round(elapsed, 6)},
+                    "TimeLimit.truncated": bool(truncated[i]),  # False: terminated, no bootstrapping
+                    "episode": {"r": float(returns[i]), "l": int(lengths[i]), "t": elapsed},
                 }
         return obs.astype(np.float32), rewards.astype(np.float32), dones, infos
 
@@ -122,8 +137,9 @@ class JaxVecEnv(VecEnv):
 class SingleEnvView(gym.Env):
     """One env of a ``JaxVecEnv`` as a plain ``gymnasium.Env`` (for SB3's ``check_env`` and debugging).
 
-    The episode end is reported as ``truncated`` (a time limit), never ``terminated``; the observation
-    returned with it is the terminal one, and the next ``step`` continues from the auto-reset.
+    ``step`` returns ``terminated`` when the env ended the episode and ``truncated`` when the time
+    limit did (never both); the observation returned with either is the terminal one, and the next
+    ``step`` continues from the auto-reset.
     """
 
     metadata = {"render_modes": []}
@@ -141,6 +157,8 @@ class SingleEnvView(gym.Env):
     def step(self, action):
         obs, rewards, dones, infos = self.vec.step(np.asarray(action, np.float32)[None])
         info = infos[0]
+        truncated = bool(dones[0]) and info["TimeLimit.truncated"]
+        terminated = bool(dones[0]) and not truncated
         if dones[0]:
             obs = info["terminal_observation"][None]
-        return obs[0], float(rewards[0]), False, bool(dones[0]), info
+        return obs[0], float(rewards[0]), terminated, truncated, info

@@ -150,6 +150,11 @@ def unroll(
         key, action_key = jax.random.split(carry.key) if sample else (carry.key, None)
         hidden, action = policy.act(params, normalizer, hidden, state.obs, action_key)
         next_state = env.step(state, action)
+        # Some tasks return Python floats (Brax's inverted pendulum pays `1.0`): keep the carry's dtypes.
+        next_state = next_state.replace(
+            reward=jnp.asarray(next_state.reward, state.reward.dtype),
+            done=jnp.asarray(next_state.done, state.done.dtype),
+        )
         steps = carry.steps + 1
         terminated = next_state.done > 0
         out_of_time = steps >= episode_length if episode_length else jnp.zeros_like(terminated)

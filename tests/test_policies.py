@@ -1,0 +1,73 @@
+"""Policies behind one interface (gru, mlp, gaussian_mlp) and the value network."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from diffrl.networks import POLICIES, make_gru_policy, make_policy, make_value_network
+from diffrl.networks.gru import paper_hidden_size
+
+from conftest import compose_train
+
+OBS, ACT = 5, 3
+
+
+@pytest.mark.parametrize("name", sorted(POLICIES))
+def test_every_policy_config_builds_a_policy_that_acts_in_bounds(name):
+    options = dict(compose_train(f"policy={name}").policy)
+    policy = make_policy(options, OBS, ACT)
+    params, normalizer = policy.init(jax.random.PRNGKey(0)), policy.init_normalizer()
+    obs = 10.0 * jax.random.normal(jax.random.PRNGKey(1), (OBS,))
+    carry, action = policy.act(params, normalizer, policy.initial_carry(), obs, jax.random.PRNGKey(2))
+    assert action.shape == (ACT,) and bool(jnp.all(jnp.abs(action) <= 1.0))
+    assert carry.shape == policy.initial_carry().shape
+    assert policy.name == name and policy.stochastic == (name == "gaussian_mlp")
+
+
+def test_gru_policy_is_the_papers_shape():
+    policy = make_gru_policy(4, 1)
+    params = policy.init(jax.random.PRNGKey(0))["params"]
+    assert paper_hidden_size(4) == 16 and paper_hidden_size(8) == 32
+    assert params["Dense_0"]["kernel"].shape == (4, 16) and policy.carry_size == 4
+    assert params["Dense_3"]["kernel"].shape == (16, 1)
+
+
+def test_mlp_widths_activation_and_layer_norm_are_configurable():
+    policy = make_policy({"name": "mlp", "hidden_sizes": [7, 9], "activation": "relu", "layer_norm": True}, OBS, ACT)
+    params = policy.init(jax.random.PRNGKey(0))["params"]["MLP_0"]
+    assert params["Dense_0"]["kernel"].shape == (OBS, 7) and params["Dense_2"]["kernel"].shape == (9, ACT)
+    assert "LayerNorm_0" in params and policy.carry_size == 0
+    with pytest.raises(ValueError, match="unknown activation 'nope'"):
+        make_policy({"name": "mlp", "activation": "nope"}, OBS, ACT).init(jax.random.PRNGKey(0))
+
+
+def test_gaussian_policy_samples_around_tanh_of_its_mean_and_gradients_flow_through_the_sample():
+    policy = make_policy({"name": "gaussian_mlp", "hidden_sizes": [16]}, OBS, ACT)
+    params, normalizer = policy.init(jax.random.PRNGKey(0)), policy.init_normalizer()
+    np.testing.assert_allclose(params["params"]["log_std"], -1.0)  # SHAC's initial log-std
+    obs = jnp.ones(OBS)
+    _, (mean, log_std) = policy.distribution(params, normalizer, policy.initial_carry(), obs)
+    _, greedy = policy.act(params, normalizer, policy.initial_carry(), obs)  # no key: the mean action
+    np.testing.assert_allclose(greedy, jnp.tanh(mean), rtol=1e-6)
+    keys = jax.random.split(jax.random.PRNGKey(3), 4000)
+    samples = jax.vmap(lambda k: policy.act(params, normalizer, policy.initial_carry(), obs, k)[1])(keys)
+    pre_tanh = jnp.arctanh(jnp.clip(samples, -0.999999, 0.999999))
+    np.testing.assert_allclose(pre_tanh.mean(0), mean, atol=0.02)
+    np.testing.assert_allclose(pre_tanh.std(0), jnp.exp(log_std), rtol=0.05)
+    # reparameterised: the sampled action depends on log_std through the noise
+    grad = jax.grad(lambda p: policy.act(p, normalizer, policy.initial_carry(), obs, keys[0])[1].sum())(params)
+    assert float(jnp.abs(grad["params"]["log_std"]).sum()) > 0
+
+
+def test_value_network_maps_a_batch_of_observations_to_scalars():
+    critic = make_value_network((32, 32), "elu", layer_norm=True)
+    params = critic.init(jax.random.PRNGKey(0), jnp.zeros(OBS))
+    assert critic.apply(params, jnp.ones((6, OBS))).shape == (6,)
+    with pytest.raises(ValueError, match="unknown activation"):
+        make_value_network((8,), "sigmoidish")
+
+
+def test_unknown_policy_lists_the_choices():
+    with pytest.raises(ValueError, match="unknown policy 'lstm'; valid choices: gru, mlp, gaussian_mlp"):
+        make_policy({"name": "lstm"}, OBS, ACT)

@@ -1,0 +1,143 @@
+"""The rollout core: terminations mask the rest of an episode, time limits truncate, auto-reset starts
+fresh episodes (env state, policy carry, step count), and the same function serves evaluation."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from brax.envs.base import Env, State
+
+from diffrl.envs import make_env
+from diffrl.evaluation import make_episode_stats
+from diffrl.networks import Policy, make_mlp_policy
+from diffrl.rollout import episode_return, start, start_from, unroll
+
+
+class Countdown(Env):
+    """Observation: steps taken; reward: 1 + the action; terminates after ``lifetime`` steps.
+    Each reset starts the count at a random 0 or 100, so fresh starts are recognisable."""
+
+    def __init__(self, lifetime: int):
+        self.lifetime = lifetime
+
+    def reset(self, rng):
+        offset = 100.0 * jax.random.bernoulli(rng).astype(jnp.float32)
+        zero = jnp.zeros(())
+        return State(pipeline_state=jnp.zeros(()), obs=jnp.stack([offset]), reward=zero, done=zero, info={})
+
+    def step(self, state, action):
+        age = state.pipeline_state + 1.0
+        return state.replace(
+            pipeline_state=age,
+            obs=state.obs + 1.0,
+            reward=1.0 + action[0],
+            done=(age >= self.lifetime).astype(jnp.float32),
+        )
+
+    @property
+    def observation_size(self):
+        return 1
+
+    @property
+    def action_size(self):
+        return 1
+
+    @property
+    def backend(self):
+        return "test"
+
+
+class StepCounter(nn.Module):
+    """A 'recurrent policy' whose carry counts the steps since its episode began; action 0."""
+
+    @nn.compact
+    def __call__(self, carry, obs):
+        self.param("unused", nn.initializers.zeros, (1,))
+        return carry + 1.0, jnp.zeros(1)
+
+
+COUNTER = Policy("counter", StepCounter(), observation_size=1, action_size=1, carry_size=1)
+
+
+def run(env, length, **kwargs):
+    params, normalizer = COUNTER.init(jax.random.PRNGKey(0)), COUNTER.init_normalizer()
+    carry = start(env, COUNTER, jax.random.PRNGKey(1))
+    return jax.jit(lambda c: unroll(env, COUNTER, params, normalizer, c, length, **kwargs))(carry)
+
+
+def test_a_termination_masks_the_rest_of_the_episode():
+    carry, traj = run(Countdown(lifetime=3), 8)
+    np.testing.assert_array_equal(traj.reward, [1, 1, 1, 0, 0, 0, 0, 0])  # a rollout past done adds nothing
+    np.testing.assert_array_equal(traj.alive, [1, 1, 1, 0, 0, 0, 0, 0])
+    np.testing.assert_array_equal(traj.done[:3], [0, 0, 1])
+    assert not np.any(traj.truncation) and not bool(carry.alive)
+
+
+def test_the_time_limit_truncates_and_a_termination_at_the_limit_is_not_a_truncation():
+    _, traj = run(Countdown(lifetime=100), 6, episode_length=4, auto_reset=True)
+    np.testing.assert_array_equal(traj.done, [0, 0, 0, 1, 0, 0])
+    np.testing.assert_array_equal(traj.truncation, [0, 0, 0, 1, 0, 0])
+    _, traj = run(Countdown(lifetime=4), 6, episode_length=4, auto_reset=True)
+    np.testing.assert_array_equal(traj.done, [0, 0, 0, 1, 0, 0])
+    assert not np.any(traj.truncation)
+
+
+def test_auto_reset_starts_fresh_episodes_with_a_fresh_policy_carry():
+    carry, traj = run(Countdown(lifetime=3), 7, auto_reset=True)
+    np.testing.assert_array_equal(traj.done, [0, 0, 1, 0, 0, 1, 0])
+    np.testing.assert_array_equal(traj.reward, np.ones(7))  # every step belongs to some episode
+    obs, next_obs = np.asarray(traj.observation[:, 0]), np.asarray(traj.next_observation[:, 0])
+    # the observation after the episode's last step is the terminal one (pre-reset): a time-out bootstraps from it
+    assert next_obs[2] == obs[2] + 1
+    # and the next step starts from a fresh start state (count 0 or 100, never the terminal count)
+    assert obs[3] in (0.0, 100.0) and obs[6] in (0.0, 100.0)
+    assert float(carry.policy_carry[0]) == 1.0  # one step into the third episode
+    assert int(carry.steps) == 1 and bool(carry.alive)
+
+
+def test_a_continued_unroll_picks_up_where_the_last_one_stopped():
+    env = Countdown(lifetime=1000)
+    params, normalizer = COUNTER.init(jax.random.PRNGKey(0)), COUNTER.init_normalizer()
+    carry = start_from(env.reset(jax.random.PRNGKey(2)), COUNTER, jax.random.PRNGKey(3))
+    go = jax.jit(lambda c, n: unroll(env, COUNTER, params, normalizer, c, n, episode_length=1000), static_argnums=1)
+    _, whole = go(carry, 6)
+    carry, first = go(carry, 4)
+    _, second = go(carry, 2)
+    np.testing.assert_array_equal(np.concatenate([first.observation, second.observation]), whole.observation)
+
+
+def test_a_stochastic_policy_samples_only_when_asked():
+    env = Countdown(lifetime=1000)
+    from diffrl.networks import make_gaussian_mlp_policy
+
+    policy = make_gaussian_mlp_policy(1, 1, hidden_sizes=(8,))
+    params, normalizer = policy.init(jax.random.PRNGKey(0)), policy.init_normalizer()
+    carry = start(env, policy, jax.random.PRNGKey(1))
+    go = lambda deterministic: unroll(env, policy, params, normalizer, carry, 5, deterministic=deterministic)[1]
+    greedy, sampled = go(True), go(False)
+    mean_action = policy.act(params, normalizer, policy.initial_carry(), greedy.observation[0])[1]
+    np.testing.assert_allclose(greedy.action[0], mean_action, rtol=1e-6)
+    assert not np.allclose(sampled.action, greedy.action)
+
+
+@pytest.fixture(scope="module")
+def inverted_pendulum():
+    env = make_env("inverted_pendulum", "generalized")
+    policy = make_mlp_policy(env.observation_size, env.action_size, hidden_sizes=(8,))
+    return env, policy
+
+
+def test_a_real_task_terminates_and_evaluation_reports_the_episode_length(inverted_pendulum):
+    env, policy = inverted_pendulum
+    # A policy pushing hard one way topples the pole within a few dozen steps (Brax's task then sets done).
+    params = jax.tree.map(jnp.zeros_like, policy.init(jax.random.PRNGKey(0)))
+    params["params"]["MLP_0"]["Dense_1"]["bias"] = jnp.full((1,), 3.0)
+    stack = lambda tree: jax.tree.map(lambda x: jnp.asarray(x)[None], tree)
+    stats = make_episode_stats(env, policy, episode_length=200, episodes=3)
+    out = jax.device_get(stats(stack(params), stack(policy.init_normalizer()), jax.random.PRNGKey(0)))
+    assert np.all(out["length"] < 200) and np.all(out["length"] > 0), out["length"]
+    # Brax's inverted pendulum pays 1 per step: the return counts the steps of the episode, nothing after.
+    np.testing.assert_allclose(out["return"], out["length"])
+    ret = jax.jit(lambda s: episode_return(env, policy, params, policy.init_normalizer(), s, 200))
+    assert float(ret(env.reset(jax.random.PRNGKey(5)))) < 200

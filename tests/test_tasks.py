@@ -1,0 +1,128 @@
+"""The task registry: every task composes and builds with every in-repo algorithm and its default
+policy, impossible combinations are refused in one line before anything compiles, and a cheap contact
+task trains end to end. Swing-up results are pinned to the numbers diffrl gave before tasks could end."""
+
+import json
+import pathlib
+
+import pytest
+
+from cli.main import group_choices
+from diffrl.algos import ALGORITHMS, make_algorithm
+from diffrl.baselines import EXTERNAL_TRAINERS
+from diffrl.envs import REGISTRY, make_env
+from diffrl.experiment import ConfigError, algorithm_options, build_env, build_policy, check_config
+from diffrl.run import train
+
+from conftest import compose_train, run_diffrl
+
+PINNED = pathlib.Path(__file__).parent / "data" / "pinned_swingup_metrics.json"
+
+
+def test_every_env_config_is_a_registered_task_and_back():
+    assert sorted(group_choices("env")) == sorted(REGISTRY)
+    for name in REGISTRY:
+        cfg = compose_train(f"env={name}")
+        assert cfg.env.backend in REGISTRY[name].backends, name
+
+
+@pytest.mark.parametrize("env", sorted(REGISTRY))
+def test_every_env_builds_with_every_in_repo_algorithm(env):
+    """Build (not compile) each algorithm on the task with its default policy, as `diffrl train` would."""
+    built = None
+    for algo in sorted(ALGORITHMS):
+        cfg = compose_train(f"env={env}", f"algo={algo}")
+        check_config(cfg)
+        built = built or build_env(cfg)
+        policy = build_policy(cfg, built)
+        options, iterations = algorithm_options(cfg)
+        algorithm = make_algorithm(algo, built, policy, options, iterations)
+        assert algorithm.env_steps_per_iteration > 0
+    assert built.observation_size > 0 and built.action_size > 0
+    for algo in EXTERNAL_TRAINERS:  # their own networks: the config is valid, no diffrl policy
+        cfg = compose_train(f"env={env}", f"algo={algo}")
+        check_config(cfg)
+        assert cfg.get("policy") is None
+
+
+def test_mjx_gets_a_reverse_differentiable_solver_by_default():
+    env = make_env("hopper", "mjx")
+    assert int(env.sys.opt.iterations) == 1 and int(env.sys.opt.ls_iterations) == 4
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (
+            ["env=ant", "env.backend=analytic"],
+            "env 'ant' has no backend 'analytic' (no closed-form dynamics for this task); "
+            "valid backends for ant: generalized, mjx, spring, positional",
+        ),
+        (["env=swimmer", "env.backend=mjx"], "valid backends for swimmer: generalized"),
+        (["algo=ce_apg", "policy=gaussian_mlp"], "policy=gaussian_mlp is stochastic. Use policy=gru or policy=mlp"),
+        (["algo=ppo", "policy=mlp"], "algo=ppo trains Brax's or SB3's own networks"),
+        (["algo=sac", "env.inject_nan_after=3"], "env.inject_nan_after works with diffrl's own algorithms"),
+    ],
+)
+def test_impossible_combinations_are_refused_with_one_line(overrides, message):
+    with pytest.raises(ConfigError if "backend" not in message else ValueError) as err:
+        check_config(compose_train(*overrides))
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_the_cli_refuses_an_impossible_combination_in_one_line_before_compiling(tmp_path):
+    proc = run_diffrl("train", "env=ant", "env.backend=analytic", cwd=tmp_path, check=False, timeout=120)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "valid backends for ant: generalized, mjx, spring, positional" in lines[0], lines
+    assert not (tmp_path / "outputs").exists() or not list((tmp_path / "outputs").rglob("checkpoints"))
+
+
+def test_ce_apg_with_an_mlp_trains_on_a_task_that_terminates(tmp_path):
+    """CE-APG through Brax's inverted pendulum (episodes end when the pole falls): one tiny iteration,
+    summary with the episode length and the effective options the budget filled in."""
+    cfg = compose_train(
+        "env=inverted_pendulum",
+        "env.backend=generalized",
+        "env.episode_length=30",
+        "algo=ce_apg",
+        "policy=mlp",
+        "policy.hidden_sizes=[8]",
+        "iterations=1",
+        "num_seeds=2",
+        "algo.population=2",
+        "algo.elites=1",
+        "algo.apg_steps=2",
+        "algo.score_window=1",
+        "algo.starts_per_step=1",
+        "eval.episodes=2",
+        "logger.wandb.enabled=false",
+        "logger.console.progress_bar=false",
+        "checkpoint.enabled=false",
+    )
+    summary = train(cfg, tmp_path)
+    assert summary["policy"] == "mlp" and summary["env"] == "inverted_pendulum"
+    lengths = summary["final_episode_length"]["per_seed"]
+    assert all(0 < length <= 30 for length in lengths)
+    # Brax's inverted pendulum pays 1 per step alive: the return is the episode length.
+    assert summary["final_return"]["per_seed"] == pytest.approx(lengths)
+    effective = json.loads((tmp_path / "summary.json").read_text())["effective"]
+    assert effective["algo"]["population"] == 2 and effective["algo"]["lr_start"] is not None  # from the budget
+    assert effective["policy"]["hidden_sizes"] == [8] and effective["policy"]["num_params"] > 0
+    assert effective["env"]["backend"] == "generalized" and effective["env"]["episode_length"] == 30
+
+
+@pytest.mark.parametrize("run", json.loads(PINNED.read_text()))
+def test_swingup_results_are_unchanged_by_the_generalised_rollout(run, tmp_path):
+    """Recorded at commit fb43257 (before tasks could terminate, before the Policy interface): the same
+    smoke runs must give the same numbers, bit for bit, on this CPU."""
+    algo, env = run.split("/")
+    cfg = compose_train(
+        "debug=smoke", "logger.console.progress_bar=false", f"algo={algo}", f"env={env}", "checkpoint.enabled=false"
+    )
+    summary = train(cfg, tmp_path)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    expected = json.loads(PINNED.read_text())[run]
+    assert [row["return"] for row in rows] == expected["train"]
+    assert summary["final_return"]["per_seed"] == expected["final"]
+    assert summary["final_upright_fraction"]["per_seed"] == expected["upright"]

@@ -116,3 +116,31 @@ def test_eval_rebuilds_the_policy_from_the_run_directory_alone(tmp_path):
     assert "return" in proc.stdout
     html = (run_dir / "replay.html").read_text()
     assert "brax-viewer" in html and "new Viewer(" in html  # trajectory is embedded (compressed)
+
+
+def test_training_episode_returns_are_averaged_over_a_chunk_and_never_nan():
+    from diffrl.run import summarize_chunk
+
+    metrics = {  # [iterations, seeds]: seed 1 finishes no episode in this chunk
+        "train_episode_return_sum": np.array([[10.0, 0.0], [20.0, 0.0], [0.0, 0.0]]),
+        "train_episode_return_count": np.array([[1, 0], [3, 0], [0, 0]]),
+        "return": np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]),
+    }
+    row = summarize_chunk(metrics)
+    assert row["train_episode_return"] == [7.5, None]  # (10 + 20) / 4 over the chunk; nothing for seed 1
+    assert row["train_episode_return_mean"] == 7.5 and row["train_episode_return_count"] == 4
+    assert row["return"] == [5.0, 6.0] and "train_episode_return_sum" not in row
+    none = summarize_chunk({k: v * 0 for k, v in metrics.items() if k.startswith("train")})
+    assert none["train_episode_return"] == [None, None] and none["train_episode_return_mean"] is None
+
+
+def test_cem_logs_its_training_episodes_and_the_effective_options(fast_cfg, tmp_path):
+    train(fast_cfg("algo=cem", "algo.population=6", "algo.elites=2"), tmp_path)
+    rows = read_metrics(tmp_path)
+    # 6 candidates x 1 episode each x 2 iterations per chunk, 50 steps each (smoke episodes never end early)
+    assert rows[-1]["train_episode_return_count"] == 2 * 6 * 2  # summed over the 2 seeds
+    assert rows[-1]["train_episode_length"] == [50.0, 50.0]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["effective"]["algo"]["population"] == 6 and summary["effective"]["policy"]["name"] == "gru"
+    assert summary["effective"]["policy"]["hidden_size"] == 16  # null in the config: the paper's width
+    assert summary["final_episode_length"]["mean"] == 50

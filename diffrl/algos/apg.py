@@ -47,6 +47,7 @@ class APGTrace:
     """Per-Adam-step diagnostics of one refinement (leading axis: step)."""
 
     returns: jax.Array  # mean return over the step's start states
+    lengths: jax.Array  # mean episode length over them (shorter than the horizon when episodes terminate)
     grad_norm: jax.Array  # before clipping
     clipped_grad_norm: jax.Array
     nonfinite: jax.Array  # 1 where the update was skipped
@@ -83,19 +84,24 @@ class APGCore:
     def starts(self, key: jax.Array):
         return jax.vmap(self.env.reset)(jax.random.split(key, self.starts_per_step))
 
-    def mean_return(self, flat: jax.Array, normalizer: NormalizerState, starts) -> tuple[jax.Array, jax.Array]:
-        """Mean return over ``starts`` (differentiable) and the observations seen while alive."""
+    def rollouts(self, flat: jax.Array, normalizer: NormalizerState, starts) -> tuple[jax.Array, EpisodeBatch]:
+        """Mean return over ``starts`` (differentiable), and the batch of episodes it came from."""
         params = self.unravel(flat)
         run = lambda start: episode(
             self.env, self.policy, params, normalizer, start, self.episode_length, self.grad.rollout_options
         )
         trajectory = jax.vmap(run)(starts)
-        return jnp.mean(jnp.sum(trajectory.reward, axis=-1)), alive_observations(trajectory)
+        returns = jnp.sum(trajectory.reward, axis=-1)
+        return jnp.mean(returns), EpisodeBatch(alive_observations(trajectory), jnp.sum(trajectory.alive, axis=-1))
 
     def gradient_step(self, flat, opt_state, normalizer, key, learning_rate):
         """One Adam step on -(mean return over fresh start states); skipped if non-finite."""
-        loss = lambda p: -self.mean_return(p, normalizer, self.starts(key))[0]
-        neg_return, grads = jax.value_and_grad(loss)(flat)
+
+        def loss(p):
+            mean_return, episodes = self.rollouts(p, normalizer, self.starts(key))
+            return -mean_return, jax.lax.stop_gradient(jnp.mean(episodes.lengths))
+
+        (neg_return, mean_length), grads = jax.value_and_grad(loss, has_aux=True)(flat)
         # A non-finite return can still have a finite gradient (e.g. masked by a `where`): the
         # update is garbage all the same, so it is marked non-finite and skipped.
         grads = jnp.where(jnp.isfinite(neg_return), grads, jnp.nan)
@@ -103,6 +109,7 @@ class APGCore:
         updates, opt_state = self.optimizer(learning_rate).update(clipped, opt_state, flat)
         trace = APGTrace(
             returns=-neg_return,
+            lengths=mean_length,
             grad_norm=optax.global_norm(grads),
             clipped_grad_norm=optax.global_norm(clipped),
             nonfinite=(~jnp.all(jnp.isfinite(clipped))).astype(jnp.int32),
@@ -126,7 +133,7 @@ def recent_score(trace: APGTrace, window: int) -> jax.Array:
     return jnp.mean(trace.returns[..., -window:], axis=-1)
 
 
-def apg_metrics(trace: APGTrace, opt_states: Any, limit: int) -> dict[str, jax.Array]:
+def apg_metrics(trace: APGTrace, opt_states: Any, limit: int, starts_per_step: int) -> dict[str, jax.Array]:
     """Diagnostics over a population of runs: trace leaves are [runs, steps]."""
     streaks = nonfinite_streak(opt_states)
     finite_norms = jnp.where(trace.nonfinite > 0, jnp.nan, trace.grad_norm)
@@ -137,6 +144,7 @@ def apg_metrics(trace: APGTrace, opt_states: Any, limit: int) -> dict[str, jax.A
         # The run stops when *every* APG run has failed `limit` times in a row (none can progress).
         "nonfinite_stalled": (jnp.min(streaks) >= limit).astype(jnp.int32),
         "nonfinite_streak_min": jnp.min(streaks),
+        **training_episode_metrics(trace.returns, trace.lengths, starts_per_step),
     }
 
 
@@ -162,6 +170,28 @@ class PAPGState:
     key: jax.Array
 
 
+@struct.dataclass
+class EpisodeBatch:
+    """What the host may want of a batch of training episodes besides their return."""
+
+    observations: jax.Array  # [episodes, T, obs], repeated past each episode's end (see alive_observations)
+    lengths: jax.Array  # [episodes] steps before each episode ended
+
+
+def training_episode_metrics(returns: jax.Array, lengths: jax.Array, episodes_each: int) -> dict[str, jax.Array]:
+    """Sums and counts of this iteration's training episodes with a finite return (``returns`` and
+    ``lengths``: means over ``episodes_each`` episodes, any shape). The runner divides the sums by the
+    counts over a whole chunk, so a chunk in which no episode ended logs nothing instead of 0 / 0."""
+    finite = jnp.isfinite(returns)
+    count = jnp.sum(finite) * episodes_each
+    return {
+        "train_episode_return_sum": jnp.sum(jnp.where(finite, returns, 0.0)) * episodes_each,
+        "train_episode_return_count": count,
+        "train_episode_length_sum": jnp.sum(jnp.where(finite, lengths, 0.0)) * episodes_each,
+        "train_episode_length_count": count,
+    }
+
+
 def alive_observations(trajectory) -> jax.Array:
     """The observations of running episodes; those after an episode ended repeat its last one, so a
     normaliser fed with them is not skewed by a terminated body lying on the floor for hundreds of steps."""
@@ -172,7 +202,7 @@ def alive_observations(trajectory) -> jax.Array:
 
 def rollout_observations(core: APGCore, flat: jax.Array, normalizer: NormalizerState, key: jax.Array) -> jax.Array:
     """Observations of one batch of episodes of ``flat`` (no gradient), to update the normaliser."""
-    return jax.lax.stop_gradient(core.mean_return(flat, normalizer, core.starts(key))[1])
+    return jax.lax.stop_gradient(core.rollouts(flat, normalizer, core.starts(key))[1].observations)
 
 
 class PAPG:
@@ -223,6 +253,6 @@ class PAPG:
             "return": scores[self._best(new_state)],
             "return_population_mean": jnp.nanmean(finite),
             "learning_rate": jnp.asarray(c.learning_rate),
-            **apg_metrics(trace, opt_state, c.grad.max_consecutive_nonfinite),
+            **apg_metrics(trace, opt_state, c.grad.max_consecutive_nonfinite, c.starts_per_step),
         }
         return new_state, metrics

@@ -125,6 +125,6 @@ class CEAPG:
             "std_mean": jnp.mean(std),
             "learning_rate": lr,
             "nonfinite_candidates": jnp.sum(~finite),
-            **apg_metrics(trace, opt_states, c.grad.max_consecutive_nonfinite),
+            **apg_metrics(trace, opt_states, c.grad.max_consecutive_nonfinite, c.starts_per_step),
         }
         return CEAPGState(mean, std, best, normalizer, key, state.iteration + 1), metrics

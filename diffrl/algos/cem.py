@@ -16,7 +16,7 @@ from brax.envs.base import Env
 from flax import struct
 from jax.flatten_util import ravel_pytree
 
-from diffrl.algos.apg import alive_observations
+from diffrl.algos.apg import EpisodeBatch, alive_observations, training_episode_metrics
 from diffrl.networks.base import NormalizerState, Params, Policy
 from diffrl.rollout import episode
 
@@ -94,28 +94,30 @@ class CEM:
     def policy_params(self, state: CEMState) -> tuple[Params, NormalizerState]:
         return self._unravel(state.mean), state.normalizer
 
-    def _score(self, flat_params: jax.Array, normalizer: NormalizerState, starts) -> tuple[jax.Array, jax.Array]:
-        """Mean return over the start states, and the observations seen (for the normaliser)."""
+    def _score(self, flat_params: jax.Array, normalizer: NormalizerState, starts) -> tuple[jax.Array, EpisodeBatch]:
+        """Mean return over the start states, and the episodes (observations for the normaliser, lengths)."""
         params = self._unravel(flat_params)
         run = lambda start: episode(self.env, self.policy, params, normalizer, start, self.config.episode_length)
         trajectory = jax.vmap(run)(starts)
-        return jnp.mean(jnp.sum(trajectory.reward, axis=-1)), alive_observations(trajectory)
+        returns = jnp.sum(trajectory.reward, axis=-1)
+        return jnp.mean(returns), EpisodeBatch(alive_observations(trajectory), jnp.sum(trajectory.alive, axis=-1))
 
     def train_step(self, state: CEMState) -> tuple[CEMState, dict]:
         c = self.config
         key, sample_key, start_key = jax.random.split(state.key, 3)
         starts = jax.vmap(self.env.reset)(jax.random.split(start_key, c.episodes_per_candidate))
         candidates = sample_candidates(sample_key, state.mean, state.std, c.population)
-        scores, observations = jax.vmap(self._score, in_axes=(0, None, None))(candidates, state.normalizer, starts)
+        scores, episodes = jax.vmap(self._score, in_axes=(0, None, None))(candidates, state.normalizer, starts)
         mean, std, _ = cross_entropy_update(state.mean, candidates, scores, c.elites, c.min_std)
         normalizer = state.normalizer
         if c.update_normalizer:
-            normalizer = self.policy.update_normalizer(normalizer, observations)
+            normalizer = self.policy.update_normalizer(normalizer, episodes.observations)
         finite = jnp.isfinite(scores)
         metrics = {
             "return": jnp.max(jnp.where(finite, scores, -jnp.inf)),
             "return_population_mean": jnp.mean(jnp.where(finite, scores, jnp.nan)),
             "std_mean": jnp.mean(std),
             "nonfinite_candidates": jnp.sum(~finite),
+            **training_episode_metrics(scores, jnp.mean(episodes.lengths, axis=-1), c.episodes_per_candidate),
         }
         return CEMState(mean=mean, std=std, normalizer=normalizer, key=key), metrics

@@ -24,7 +24,7 @@ $(VENV)/.installed-$(EXTRAS): pyproject.toml | $(BIN)/activate
 
 install: $(VENV)/.installed-$(EXTRAS) ## create .venv and install diffrl (editable) with EXTRAS (default: dev)
 
-train: install ## a short default training run (CEM on the acrobot, quick budget); ARGS="key=value ..." to override
+train: install ## a short default training run (CE-APG on the acrobot, quick budget); ARGS="key=value ..." to override
 	$(BIN)/diffrl train $(ARGS)
 
 test: install ## the test suite (CPU, fast; slow and GPU tests are skipped)

@@ -7,6 +7,7 @@ Nothing here imports a training loop; ``diffrl.run`` chooses the loop.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -19,6 +20,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from brax.envs.base import Env
 from omegaconf import DictConfig, OmegaConf
 
 from diffrl.algos import DETERMINISTIC_POLICY_ALGOS, check_policy
@@ -33,6 +35,18 @@ log = logging.getLogger("diffrl")
 # Keys of an algo config that describe the run rather than the algorithm's own options.
 _RUNNER_KEYS = ("name", "budgets")
 _EVAL_KEY_OFFSET = 1_000_003  # evaluation start states never coincide with a training key
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    """Everything a config builds: the env, the policy, the algorithm and the run's length."""
+
+    env: Env
+    policy: Policy
+    algo: Any  # None for an external trainer's policy rebuilt for evaluation
+    iterations: int
+    episode_length: int
+    effective: dict[str, Any]
 
 
 class ConfigError(ValueError):
@@ -118,10 +132,19 @@ def algorithm_options(cfg: DictConfig) -> tuple[dict[str, Any], int]:
     missing = sorted(k for k in managed if k != "iterations" and options.get(k) is None)
     if missing:
         raise ConfigError(f"algo {cfg.algo.name!r}: budget {cfg.budget!r} sets no value for {missing}")
-    options["episode_length"] = int(cfg.env.episode_length)
+    options["episode_length"] = training_horizon(cfg)
     if iterations < 1:
         raise ConfigError(f"iterations must be >= 1, got {iterations}")
     return options, iterations
+
+
+def training_horizon(cfg: DictConfig) -> int:
+    """Steps of the rollouts an algorithm trains on: ``env.training_horizon`` for diffrl's own algorithms
+    (null: the whole episode); external trainers always train on whole episodes. Evaluation always
+    runs whole episodes."""
+    if is_external(cfg):
+        return int(cfg.env.episode_length)
+    return int(cfg.env.get("training_horizon") or cfg.env.episode_length)
 
 
 def mjx_solver(env_cfg: DictConfig) -> dict[str, int]:
@@ -168,6 +191,7 @@ def effective_settings(
                 "name": cfg.env.name,
                 "backend": cfg.env.backend,
                 "episode_length": int(cfg.env.episode_length),
+                "training_horizon": training_horizon(cfg),
                 "observation_size": int(env.observation_size),
                 "action_size": int(env.action_size),
                 "control_dt": float(env.dt),

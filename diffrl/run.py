@@ -8,7 +8,6 @@ External trainers (Brax's and SB3's agents) run their own loop in ``diffrl.basel
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import pathlib
 import time
@@ -16,7 +15,6 @@ from typing import Any
 
 import jax
 import numpy as np
-from brax.envs.base import Env
 from omegaconf import DictConfig
 
 from diffrl.algos import Algorithm, make_algorithm
@@ -24,6 +22,7 @@ from diffrl.checkpoint import Checkpointer
 from diffrl.errors import TrainingDiverged
 from diffrl.evaluation import make_episode_stats
 from diffrl.experiment import (
+    Experiment,
     algorithm_options,
     build_env,
     build_policy,
@@ -37,24 +36,11 @@ from diffrl.experiment import (
     seed_keys,
     write_summary,
 )
-from diffrl.networks import Policy
 from diffrl.progress import ProgressDisplay
 
 log = logging.getLogger("diffrl")
 
 __all__ = ["Experiment", "TrainingDiverged", "build_experiment", "load_policy", "train"]
-
-
-@dataclasses.dataclass(frozen=True)
-class Experiment:
-    """Everything a config builds: the env, the policy, the algorithm and the run's length."""
-
-    env: Env
-    policy: Policy
-    algo: Algorithm | None  # None for an external trainer's policy rebuilt for evaluation
-    iterations: int
-    episode_length: int
-    effective: dict[str, Any]
 
 
 def build_experiment(cfg: DictConfig) -> Experiment:

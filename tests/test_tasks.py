@@ -5,6 +5,7 @@ task trains end to end. Swing-up results are pinned to the numbers diffrl gave b
 import json
 import pathlib
 
+import numpy as np
 import pytest
 
 from cli.main import group_choices
@@ -78,10 +79,11 @@ def test_the_cli_refuses_an_impossible_combination_in_one_line_before_compiling(
     assert not (tmp_path / "outputs").exists() or not list((tmp_path / "outputs").rglob("checkpoints"))
 
 
-def test_ce_apg_with_an_mlp_trains_on_a_task_that_terminates(tmp_path):
-    """CE-APG through Brax's inverted pendulum (episodes end when the pole falls): one tiny iteration,
-    summary with the episode length and the effective options the budget filled in."""
-    cfg = compose_train(
+def test_ce_apg_with_an_mlp_trains_evaluates_and_replays_a_task_that_terminates(tmp_path):
+    """CE-APG through Brax's inverted pendulum (episodes end when the pole falls), one tiny iteration
+    through the CLI; then `diffrl eval` from the run directory, with a replay that stops at the end."""
+    run_diffrl(
+        "train",
         "env=inverted_pendulum",
         "env.backend=generalized",
         "env.episode_length=30",
@@ -97,19 +99,26 @@ def test_ce_apg_with_an_mlp_trains_on_a_task_that_terminates(tmp_path):
         "algo.starts_per_step=1",
         "eval.episodes=2",
         "logger.wandb.enabled=false",
-        "logger.console.progress_bar=false",
-        "checkpoint.enabled=false",
+        cwd=tmp_path,
     )
-    summary = train(cfg, tmp_path)
+    (run_dir,) = (tmp_path / "outputs").glob("train/*/*")
+    summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["policy"] == "mlp" and summary["env"] == "inverted_pendulum"
     lengths = summary["final_episode_length"]["per_seed"]
     assert all(0 < length <= 30 for length in lengths)
     # Brax's inverted pendulum pays 1 per step alive: the return is the episode length.
     assert summary["final_return"]["per_seed"] == pytest.approx(lengths)
-    effective = json.loads((tmp_path / "summary.json").read_text())["effective"]
+    effective = summary["effective"]
     assert effective["algo"]["population"] == 2 and effective["algo"]["lr_start"] is not None  # from the budget
     assert effective["policy"]["hidden_sizes"] == [8] and effective["policy"]["num_params"] > 0
     assert effective["env"]["backend"] == "generalized" and effective["env"]["episode_length"] == 30
+
+    proc = run_diffrl("eval", f"run_dir={run_dir}", "episodes=3", "html=true", cwd=tmp_path)
+    result = json.loads((run_dir / "eval.json").read_text())
+    assert "episode length" in proc.stdout and len(result["length_per_episode"][0]) == 3
+    assert np.asarray(result["return_per_episode"]) == pytest.approx(np.asarray(result["length_per_episode"]))
+    assert 0 < result["replay"]["frames"] <= 30  # the replay stops where the episode ended
+    assert "<html" in (run_dir / "replay.html").read_text()[:2000].lower()
 
 
 @pytest.mark.parametrize("run", json.loads(PINNED.read_text()))

@@ -23,6 +23,7 @@ from diffrl.baselines import trainer_class
 from diffrl.baselines.common import Report
 from diffrl.evaluation import make_episode_stats
 from diffrl.experiment import (
+    Experiment,
     algorithm_options,
     build_env,
     build_summary,
@@ -178,8 +179,6 @@ def train_one_seed(cfg, trainer, run_dir: pathlib.Path, index: int, iterations: 
 def load_external_policy(run_dir: pathlib.Path, cfg: DictConfig):
     """For ``diffrl eval``: (experiment, params [seeds], normalizer [seeds], env steps per seed) from the
     finished seeds' checkpoints; the policy is rebuilt from the run's config."""
-    from diffrl.run import Experiment
-
     env = build_env(cfg)
     trainer, iterations = build_trainer(cfg, env)
     done = finished_seeds(run_dir, int(cfg.num_seeds))

@@ -87,7 +87,7 @@ class QuadraticCore:
 
         flat, returns = jax.lax.scan(body, flat, None, length=steps)
         zeros = jnp.zeros(steps)
-        return flat, opt_state, APGTrace(returns, zeros, zeros, zeros.astype(jnp.int32))
+        return flat, opt_state, APGTrace(returns, zeros + 50, zeros, zeros, zeros.astype(jnp.int32))
 
 
 def test_ce_apg_outer_update_matches_the_formulas_on_a_quadratic(fast_cfg):

@@ -113,4 +113,4 @@ def test_a_crashing_job_leaves_the_rest_of_the_sweep_running(tmp_path):
     completed = json.loads((tables / "table2_quick" / "acrobot_cem" / "summary.json").read_text())
     assert completed["status"] == "completed"
     proc = run_diffrl("table", str(tables / "table2_nope"), cwd=tmp_path)
-    assert "**failed**: ValueError: unknown budget 'nope'" in proc.stdout
+    assert "**failed**: ConfigError: unknown budget 'nope'" in proc.stdout

@@ -111,7 +111,9 @@ def test_eval_rebuilds_the_policy_from_the_run_directory_alone(tmp_path):
 
     proc = run_diffrl("eval", f"run_dir={run_dir}", "episodes=3", "html=true", cwd=tmp_path)
     result = json.loads((run_dir / "eval.json").read_text())
-    assert np.asarray(result["returns_per_episode"]).shape == (2, 3)
+    assert np.asarray(result["return_per_episode"]).shape == (2, 3)
+    assert result["length_per_episode"] == [[50] * 3] * 2  # the swing-ups never end early
+    assert np.asarray(result["upright_fraction_per_episode"]).shape == (2, 3)  # the task's own metric
     assert result["iteration"] == 4
     assert "return" in proc.stdout
     html = (run_dir / "replay.html").read_text()

@@ -41,6 +41,7 @@ bench: install ## benchmarks (not tests): env, gradient and wrapper speeds, PPO/
 	$(BIN)/python -m benchmarks.bench_analytic --quick $(ARGS)
 	$(BIN)/python -m benchmarks.bench_apg --quick $(ARGS)
 	$(BIN)/python -m benchmarks.bench_baselines --quick $(ARGS)
+	$(BIN)/python -m benchmarks.bench_contact --quick $(ARGS)
 
 table1: install ## CE-APG paper Table I (CE-APG, PPO, SAC, Brax APG x 3 tasks x 8 seeds): sweep, then table + curves; BUDGET=quick|paper LAUNCHER=local|joblib|slurm|submitit_local
 	$(BIN)/diffrl train -m experiment=ceapg_table1 budget=$(BUDGET) launcher=$(LAUNCHER) $(ARGS)

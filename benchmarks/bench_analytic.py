@@ -26,8 +26,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from diffrl.envs import TASKS, AnalyticSwingUpEnv, SwingUpEnv  # noqa: E402
+from diffrl.gradients import policy_return  # noqa: E402
 from diffrl.networks import make_gru_policy  # noqa: E402
-from diffrl.rollout import episode_return  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -62,7 +62,7 @@ def make_loss(case: Case):
     starts = jax.jit(jax.vmap(env.reset))(jax.random.split(jax.random.PRNGKey(1), case.batch))
 
     def loss(params):
-        returns = jax.vmap(lambda s: episode_return(env, policy, params, normalizer, s, case.horizon))(starts)
+        returns = jax.vmap(lambda s: policy_return(env, policy, params, normalizer, s, case.horizon))(starts)
         return jnp.mean(returns)
 
     return loss, params
@@ -119,8 +119,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="steady-state calls; the best one counts")
     args = parser.parse_args()
 
-    jax.config.update("jax_compilation_cache_dir", str(ROOT / ".cache" / "jax"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    cache = os.environ.get("DIFFRL_JAX_CACHE", str(pathlib.Path.home() / ".cache" / "diffrl" / "jax"))
+    jax.config.update("jax_compilation_cache_dir", cache)  # the tests' and `diffrl train`'s cache
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
     # mjx differentiates ~2x slower than generalized on CPU (measured), so it runs on one task only.
     if args.quick:

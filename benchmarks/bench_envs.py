@@ -6,7 +6,7 @@ For every task x backend, in one run:
 - accuracy: max deviation of (q, qd) over 1 s of zero control from a lively start, against MuJoCo's C
   engine (float64) and against the generalized backend; "sane" = finite and |qd| < 1e3 throughout;
 - env: forward env steps/s of ``jit(vmap(env.step))`` scanned over the horizon, random actions;
-- policy: forward steps/s of ``vmap(diffrl.rollout.rollout)`` with the GRU policy, and of the same
+- policy: forward steps/s of ``vmap(diffrl.rollout.unroll)`` with the GRU policy, and of the same
   rollout written inline without diffrl's wrappers; the ratio is the wrappers' overhead;
 - grad: (forward + backward) steps/s of ``jax.grad`` of the mean ``episode_return`` over start states
   w.r.t. the policy parameters (``--checkpoint`` adds a row with ``jax.checkpoint`` around env.step).
@@ -33,8 +33,9 @@ import numpy as np
 from brax.envs.base import State, Wrapper
 
 from diffrl.envs import TASKS, make_env, wrap_angle
+from diffrl.gradients import policy_return
 from diffrl.networks import make_gru_policy
-from diffrl.rollout import episode_return, rollout
+from diffrl.rollout import start_from, unroll
 
 PIPELINE_BACKENDS = ("generalized", "mjx", "spring", "positional")
 DEFAULT_OUT = pathlib.Path(__file__).parent / "results" / "envs.md"
@@ -154,18 +155,27 @@ def bench_env_steps(env, batch: int, horizon: int, repeats: int) -> Timing:
     return time_call(run, (starts, actions), batch * horizon, repeats)
 
 
+def diffrl_rollout(env, policy, params, normalizer, start: State, length: int):
+    """(rewards, observations seen) of ``diffrl.rollout.unroll`` from ``start``: one deterministic episode."""
+    carry = start_from(start, policy, jax.random.PRNGKey(0))
+    _, trajectory = unroll(env, policy, params, normalizer, carry, length)
+    return trajectory.reward, trajectory.observation
+
+
 def inline_rollout(env, policy, params, normalizer, start: State, length: int):
-    """The same computation as ``diffrl.rollout.rollout``, written with no diffrl wrapper at all."""
+    """The same computation as ``diffrl_rollout`` (steps after a termination masked), written with no
+    diffrl wrapper at all."""
 
     def step(carry, _):
-        state, hidden = carry
+        state, hidden, alive = carry
         obs = (state.obs - normalizer.mean) / normalizer.std
         hidden, action = policy.module.apply(params, hidden, obs)
         next_state = env.step(state, action)
-        return (next_state, hidden), (next_state.reward, state.obs)
+        reward = jnp.where(alive, next_state.reward, 0.0)
+        return (next_state, hidden, jnp.logical_and(alive, ~(next_state.done > 0))), (reward, state.obs)
 
     hidden = jnp.zeros(policy.carry_size)
-    _, (rewards, observations) = jax.lax.scan(step, (start, hidden), None, length=length)
+    _, (rewards, observations) = jax.lax.scan(step, (start, hidden, jnp.ones((), bool)), None, length=length)
     return rewards, observations
 
 
@@ -198,7 +208,7 @@ def bench_policy_rollouts(env, batch: int, horizon: int, repeats: int) -> tuple[
         compiled = jax.jit(batched).lower(*args).compile()
         return compiled, time.perf_counter() - start
 
-    (ours, ours_compile), (inline, inline_compile) = compile_batched(rollout), compile_batched(inline_rollout)
+    (ours, ours_compile), (inline, inline_compile) = compile_batched(diffrl_rollout), compile_batched(inline_rollout)
     runs = {ours: [], inline: []}
     for _ in range(repeats + 1):  # the first round warms up
         for fn in runs:
@@ -224,7 +234,7 @@ def bench_gradient(env, batch: int, horizon: int, repeats: int) -> Timing:
     policy, params, normalizer, starts = policy_setup(env, batch)
 
     def mean_return(params):
-        returns = jax.vmap(lambda s: episode_return(env, policy, params, normalizer, s, horizon))(starts)
+        returns = jax.vmap(lambda s: policy_return(env, policy, params, normalizer, s, horizon))(starts)
         return jnp.mean(returns)
 
     return time_call(jax.jit(jax.grad(mean_return)), (params,), batch * horizon, repeats)

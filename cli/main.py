@@ -26,6 +26,10 @@ COMMANDS = {
     ),
     "table": ("cli.table", "results table beside the paper's: diffrl table <sweep dir> [...] [--out DIR]"),
     "plot": ("cli.plot", "learning curves of sweeps: diffrl plot <sweep dir> [...] [--out DIR]"),
+    "gradients": (
+        "cli.gradients",
+        "gradient report for one task: diffrl gradients env=hopper [env.backend=mjx policy=mlp ...]",
+    ),
 }
 CHECKED_GROUPS = ("env", "algo", "policy", "hardware", "logger", "tuned", "experiment", "debug", "launcher")
 # Launchers that live in a Hydra plugin, and the extra that installs it.
@@ -42,11 +46,12 @@ class UsageError(Exception):
 
 def usage() -> str:
     lines = ["usage: diffrl <command> [key=value ...] [-m] [--help]", "", "commands:"]
-    lines += [f"  {name:<7} {help_text}" for name, (_, help_text) in COMMANDS.items()]
+    width = max(map(len, COMMANDS))
+    lines += [f"  {name:<{width}}  {help_text}" for name, (_, help_text) in COMMANDS.items()]
     lines += [
         "",
-        "train and eval are Hydra apps: `diffrl train --help` lists their config groups and",
-        "options; table and plot take plain arguments: `diffrl table --help`.",
+        "train, eval and gradients are Hydra apps: `diffrl train --help` lists their config groups",
+        "and options; table and plot take plain arguments: `diffrl table --help`.",
     ]
     return "\n".join(lines)
 

@@ -71,3 +71,10 @@ def test_value_network_maps_a_batch_of_observations_to_scalars():
 def test_unknown_policy_lists_the_choices():
     with pytest.raises(ValueError, match="unknown policy 'lstm'; valid choices: gru, mlp, gaussian_mlp"):
         make_policy({"name": "lstm"}, OBS, ACT)
+
+
+def test_parameters_follow_the_precision_of_the_run():
+    policy = make_policy({"name": "mlp", "hidden_sizes": [4]}, OBS, ACT)
+    assert {x.dtype for x in jax.tree.leaves(policy.init(jax.random.PRNGKey(0)))} == {jnp.dtype("float32")}
+    with jax.enable_x64(True):  # hardware.enable_x64=true: flax alone would still make float32 parameters
+        assert {x.dtype for x in jax.tree.leaves(policy.init(jax.random.PRNGKey(0)))} == {jnp.dtype("float64")}

@@ -37,7 +37,11 @@ class Policy:
     stochastic: bool = False
 
     def init(self, key: jax.Array) -> Params:
-        return self.module.init(key, self.initial_carry(), jnp.zeros(self.observation_size))
+        """Parameters in the default float dtype: flax makes float32 ones even under x64, and a float32
+        policy would cap the precision of a float64 run (``hardware.enable_x64=true``)."""
+        params = self.module.init(key, self.initial_carry(), jnp.zeros(self.observation_size))
+        dtype = jnp.asarray(0.0).dtype
+        return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, params)
 
     def initial_carry(self) -> Carry:
         return jnp.zeros(self.carry_size)

@@ -139,10 +139,10 @@ def algorithm_options(cfg: DictConfig) -> tuple[dict[str, Any], int]:
 
 
 def training_horizon(cfg: DictConfig) -> int:
-    """Steps of the rollouts an algorithm trains on: ``env.training_horizon`` for diffrl's own algorithms
-    (null: the whole episode); external trainers always train on whole episodes. Evaluation always
-    runs whole episodes."""
-    if is_external(cfg):
+    """Steps of the episodes an algorithm trains on: ``env.training_horizon`` for the algorithms that roll
+    out episodes from a start state (CEM, PAPG, CE-APG; null: the whole episode); every other algorithm
+    trains on whole episodes. Evaluation always runs whole episodes."""
+    if cfg.algo.name not in DETERMINISTIC_POLICY_ALGOS:  # e.g. SHAC: continuing envs, whole episodes
         return int(cfg.env.episode_length)
     return int(cfg.env.get("training_horizon") or cfg.env.episode_length)
 

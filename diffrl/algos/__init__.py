@@ -11,6 +11,7 @@ from diffrl.algos.apg import PAPG, GradientConfig, PAPGConfig
 from diffrl.algos.base import Algorithm
 from diffrl.algos.ce_apg import CEAPG, CEAPGConfig
 from diffrl.algos.cem import CEM, CEMConfig
+from diffrl.algos.shac import SHAC, SHACConfig
 from diffrl.baselines import EXTERNAL_TRAINERS
 from diffrl.networks.base import Policy
 
@@ -32,11 +33,32 @@ def _make_ce_apg(env: Env, policy: Policy, options: dict[str, Any], iterations: 
     return CEAPG(env, policy, CEAPGConfig(**_with_gradient_config(options), iterations=iterations))
 
 
+def _shac_config(options: dict[str, Any], iterations: int) -> SHACConfig:
+    options = _with_gradient_config(options)
+    tuples = {k: tuple(options[k]) for k in ("betas", "critic_hidden_sizes") if k in options}
+    if options.get("horizon") is None:  # BPTT: one window over the whole episode
+        options["horizon"] = options["episode_length"]
+    # The learning-rate schedules span the whole run, so the algorithm needs its length.
+    return SHACConfig(**{**options, **tuples}, iterations=iterations)
+
+
+def _make_shac(env: Env, policy: Policy, options: dict[str, Any], iterations: int) -> Algorithm:
+    return SHAC(env, policy, _shac_config(options, iterations))
+
+
+def _make_bptt(env: Env, policy: Policy, options: dict[str, Any], iterations: int) -> Algorithm:
+    algo = SHAC(env, policy, _shac_config({**options, "critic": False}, iterations))
+    algo.name = "bptt"
+    return algo
+
+
 Factory = Callable[[Env, Policy, dict[str, Any], int], Algorithm]
 ALGORITHMS: dict[str, Factory] = {
     "cem": _make_cem,
     "papg": _make_papg,
     "ce_apg": _make_ce_apg,
+    "shac": _make_shac,
+    "bptt": _make_bptt,
 }
 
 

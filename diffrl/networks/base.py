@@ -44,7 +44,8 @@ class Policy:
         return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, params)
 
     def initial_carry(self) -> Carry:
-        return jnp.zeros(self.carry_size)
+        # Feed-forward policies carry one unused zero: orbax cannot checkpoint an empty array.
+        return jnp.zeros(self.carry_size or 1)
 
     def init_normalizer(self) -> NormalizerState:
         # The default float dtype: float64 statistics when x64 is on (hardware.enable_x64=true).

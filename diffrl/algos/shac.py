@@ -1,0 +1,285 @@
+"""SHAC (Xu et al., ICLR 2022) and BPTT: short-horizon actor-critic through the simulator.
+
+Per iteration, on ``num_envs`` continuing envs (the batch persists across iterations and auto-resets):
+1. roll out ``horizon`` steps of the stochastic policy (reparameterised, so the return is
+   differentiable through the policy and the physics); observations are normalised by a copy of the
+   running statistics frozen for the window;
+2. actor objective: each episode segment's discounted rewards plus the discounted target-critic value
+   where the segment ends (0 after a termination, V(pre-reset observation) after a time-out, V at the
+   window's end), summed and divided by horizon x num_envs (``diffrl.algos.returns``); one Adam step
+   (betas 0.7, 0.95; gradient-norm clip; learning rate decaying linearly to ``min_learning_rate``) on
+   its negative. The gradient stops at the window's start: the carry is the previous window's end;
+3. critic: TD(lambda) targets of the window, ``critic_iterations`` passes over ``critic_minibatches``
+   shuffled minibatches of mean-squared error; then the target critic moves by Polyak averaging
+   (target = alpha * target + (1 - alpha) * critic);
+4. the normaliser folds in the window's observations.
+
+BPTT is the same machinery with one window over the whole episode and no critic (``critic: false``).
+A non-finite actor or critic update is skipped (``optax.apply_if_finite``), counted and reported.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from brax.envs.base import Env
+from brax.training.acme import running_statistics
+from flax import struct
+
+from diffrl.algos.apg import GradientConfig
+from diffrl.algos.returns import short_horizon_objective, td_lambda_targets
+from diffrl.networks import make_value_network
+from diffrl.networks.base import NormalizerState, Params, Policy
+from diffrl.rollout import RolloutCarry, start, unroll
+
+_NEVER_APPLY_NONFINITE = 2**31 - 1
+
+
+@dataclasses.dataclass(frozen=True)
+class SHACConfig:
+    num_envs: int = 64
+    horizon: int = 32  # steps per window (BPTT: the episode length)
+    gamma: float = 0.99
+    lam: float = 0.95  # TD(lambda)
+    actor_learning_rate: float = 2e-3
+    critic_learning_rate: float = 2e-3
+    min_learning_rate: float = 1e-5  # both decay linearly to this over the run
+    betas: tuple[float, float] = (0.7, 0.95)
+    grad_clip: float = 1.0  # global norm, actor and critic
+    critic: bool = True  # false: BPTT (no critic, no bootstrap)
+    critic_iterations: int = 16
+    critic_minibatches: int = 4
+    target_alpha: float = 0.2  # target = alpha * target + (1 - alpha) * critic
+    critic_hidden_sizes: tuple[int, ...] = (64, 64)
+    critic_activation: str = "elu"
+    critic_layer_norm: bool = True
+    episode_length: int = 1000  # the time limit of the envs' episodes
+    iterations: int = 500  # length of the learning-rate schedule (set by the runner)
+    grad: GradientConfig = GradientConfig()
+
+    def __post_init__(self):
+        if self.horizon > self.episode_length:
+            raise ValueError(f"horizon {self.horizon} exceeds the episode length {self.episode_length}")
+        if (self.num_envs * self.horizon) % self.critic_minibatches:
+            raise ValueError(
+                f"critic_minibatches={self.critic_minibatches} must divide num_envs x horizon = "
+                f"{self.num_envs * self.horizon}"
+            )
+
+
+@struct.dataclass
+class SHACState:
+    actor: Params
+    critic: Params
+    target_critic: Params
+    actor_opt: Any
+    critic_opt: Any
+    normalizer: NormalizerState
+    envs: RolloutCarry  # [num_envs]: the continuing env batch
+    episode_return: jax.Array  # [num_envs] return so far of each env's current episode
+    episode_length: jax.Array  # [num_envs] its steps so far
+    last_return: jax.Array  # mean return of the latest episodes to finish (NaN before any did)
+    key: jax.Array
+    iteration: jax.Array
+
+
+def linear_decay(iteration: jax.Array, iterations: int, start: float, end: float) -> jax.Array:
+    """``start`` at iteration 0, ``end`` reached at ``iterations`` (the authors' linear schedule)."""
+    return start + (end - start) * jnp.minimum(iteration / max(iterations, 1), 1.0)
+
+
+def finished_episodes(running, rewards: jax.Array, done: jax.Array):
+    """Carries each env's running (return, length) through a window's rewards and ends ([T, num_envs]);
+    returns the running values after it and the sum / count / length sum of the episodes that ended."""
+
+    def step(carry, x):
+        total, length = carry
+        reward, end = x
+        total, length, end = total + reward, length + 1.0, end > 0
+        out = (jnp.sum(jnp.where(end, total, 0.0)), jnp.sum(jnp.where(end, length, 0.0)), jnp.sum(end))
+        return (jnp.where(end, 0.0, total), jnp.where(end, 0.0, length)), out
+
+    running, (sums, lengths, counts) = jax.lax.scan(step, running, (rewards, done))
+    return running, {"sum": jnp.sum(sums), "length_sum": jnp.sum(lengths), "count": jnp.sum(counts)}
+
+
+def polyak(target: Params, online: Params, alpha: float) -> Params:
+    return jax.tree.map(lambda t, o: alpha * t + (1.0 - alpha) * o, target, online)
+
+
+class SHAC:
+    name = "shac"
+
+    def __init__(self, env: Env, policy: Policy, config: SHACConfig):
+        self.env, self.policy, self.config = env, policy, config
+        self.critic_net = make_value_network(
+            config.critic_hidden_sizes, config.critic_activation, config.critic_layer_norm
+        )
+        b1, b2 = config.betas
+        guarded = lambda: optax.apply_if_finite(
+            optax.chain(optax.clip_by_global_norm(config.grad_clip), optax.scale_by_adam(b1=b1, b2=b2)),
+            max_consecutive_errors=_NEVER_APPLY_NONFINITE,
+        )
+        self.actor_optimizer, self.critic_optimizer = guarded(), guarded()
+
+    @property
+    def env_steps_per_iteration(self) -> int:
+        return self.config.num_envs * self.config.horizon
+
+    def init(self, key: jax.Array) -> SHACState:
+        c = self.config
+        key, actor_key, critic_key, env_key = jax.random.split(key, 4)
+        actor = self.policy.init(actor_key)
+        critic = self.critic_net.init(critic_key, jnp.zeros(self.policy.observation_size))
+        envs = jax.vmap(lambda k: start(self.env, self.policy, k))(jax.random.split(env_key, c.num_envs))
+        return SHACState(
+            actor=actor,
+            critic=critic,
+            target_critic=critic,
+            actor_opt=self.actor_optimizer.init(actor),
+            critic_opt=self.critic_optimizer.init(critic),
+            normalizer=self.policy.init_normalizer(),
+            envs=envs,
+            episode_return=jnp.zeros(c.num_envs),
+            episode_length=jnp.zeros(c.num_envs),
+            last_return=jnp.full((), jnp.nan),
+            key=key,
+            iteration=jnp.zeros((), jnp.int32),
+        )
+
+    def policy_params(self, state: SHACState) -> tuple[Params, NormalizerState]:
+        return state.actor, state.normalizer
+
+    # --- the actor ------------------------------------------------------------------------------
+    def window(self, actor: Params, target_critic: Params, normalizer: NormalizerState, envs: RolloutCarry):
+        """One window on every env: (objective, (envs after it, time-major trajectory, next values))."""
+        c = self.config
+        run = lambda carry: unroll(
+            self.env,
+            self.policy,
+            actor,
+            normalizer,
+            carry,
+            c.horizon,
+            episode_length=c.episode_length,
+            auto_reset=True,
+            deterministic=False,
+            gradients=c.grad.rollout_options,
+        )
+        envs, trajectory = jax.vmap(run)(envs)
+        trajectory = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), trajectory)  # [T, num_envs, ...]
+        next_values = self.next_values(target_critic, normalizer, trajectory)
+        objective = short_horizon_objective(trajectory.reward, next_values, trajectory.done, c.gamma)
+        return objective, (envs, trajectory, next_values)
+
+    def next_values(self, target_critic: Params, normalizer: NormalizerState, trajectory) -> jax.Array:
+        """V(state reached by each step): 0 after a termination or a non-finite state (nothing follows),
+        the critic's value of the pre-reset observation after a time-out, and of the next one otherwise."""
+        if not self.config.critic:
+            return jnp.zeros_like(trajectory.reward)
+        observed = running_statistics.normalize(trajectory.next_observation, normalizer)
+        values = self.critic_net.apply(target_critic, observed)
+        terminated = (trajectory.done > 0) & (trajectory.truncation == 0)
+        broken = ~jnp.all(jnp.isfinite(trajectory.next_observation), axis=-1)
+        return jnp.where(terminated | broken, 0.0, values)
+
+    # --- the critic -----------------------------------------------------------------------------
+    def fit_critic(self, critic: Params, opt_state, observations: jax.Array, targets: jax.Array, lr, key):
+        """``critic_iterations`` passes over shuffled minibatches; returns (critic, optimizer, mean loss
+        of the last pass, non-finite updates skipped)."""
+        c = self.config
+        size = observations.shape[0]
+        batch = size // c.critic_minibatches
+
+        def loss_fn(params, obs, target):
+            return jnp.mean((self.critic_net.apply(params, obs) - target) ** 2)
+
+        def minibatch(carry, index):
+            params, opt = carry
+            loss, grads = jax.value_and_grad(loss_fn)(params, observations[index], targets[index])
+            updates, opt = self.critic_optimizer.update(grads, opt, params)
+            params = optax.apply_updates(params, jax.tree.map(lambda u: -lr * u, updates))
+            skipped = (~jnp.isfinite(optax.global_norm(grads))).astype(jnp.int32)
+            return (params, opt), (loss, skipped)
+
+        def one_pass(carry, pass_key):
+            order = jax.random.permutation(pass_key, size).reshape(c.critic_minibatches, batch)
+            return jax.lax.scan(minibatch, carry, order)
+
+        (critic, opt_state), (losses, skipped) = jax.lax.scan(
+            one_pass, (critic, opt_state), jax.random.split(key, c.critic_iterations)
+        )
+        return critic, opt_state, jnp.mean(losses[-1]), jnp.sum(skipped)
+
+    # --- one iteration --------------------------------------------------------------------------
+    def train_step(self, state: SHACState) -> tuple[SHACState, dict[str, jax.Array]]:
+        c = self.config
+        key, critic_key = jax.random.split(state.key)
+        normalizer = state.normalizer  # frozen for the window
+        actor_lr = linear_decay(state.iteration, c.iterations, c.actor_learning_rate, c.min_learning_rate)
+        critic_lr = linear_decay(state.iteration, c.iterations, c.critic_learning_rate, c.min_learning_rate)
+
+        objective_and_aux = lambda actor: self.window(actor, state.target_critic, normalizer, state.envs)
+        (objective, (envs, trajectory, next_values)), grads = jax.value_and_grad(objective_and_aux, has_aux=True)(
+            state.actor
+        )
+        grads = jax.tree.map(jnp.negative, grads)  # Adam descends the negative objective
+        grad_norm = optax.global_norm(grads)
+        grads = jax.tree.map(lambda g: jnp.where(jnp.isfinite(objective), g, jnp.nan), grads)
+        updates, actor_opt = self.actor_optimizer.update(grads, state.actor_opt, state.actor)
+        actor = optax.apply_updates(state.actor, jax.tree.map(lambda u: -actor_lr * u, updates))
+        actor_skipped = (~jnp.isfinite(optax.global_norm(grads))).astype(jnp.int32)
+
+        trajectory, next_values = jax.lax.stop_gradient((trajectory, next_values))
+        envs = jax.lax.stop_gradient(envs)  # the next window starts here; no gradient crosses windows
+        critic, target_critic, critic_opt = state.critic, state.target_critic, state.critic_opt
+        critic_loss, critic_skipped = jnp.zeros(()), jnp.zeros((), jnp.int32)
+        observations = running_statistics.normalize(trajectory.observation, normalizer)
+        if c.critic:
+            targets = td_lambda_targets(trajectory.reward, next_values, trajectory.done, c.gamma, c.lam)
+            flat = lambda x: x.reshape(-1, *x.shape[2:])
+            critic, critic_opt, critic_loss, critic_skipped = self.fit_critic(
+                critic, critic_opt, flat(observations), flat(targets), critic_lr, critic_key
+            )
+            target_critic = polyak(state.target_critic, critic, c.target_alpha)
+        normalizer = self.policy.update_normalizer(state.normalizer, trajectory.observation)
+
+        (episode_return, episode_length), finished = finished_episodes(
+            (state.episode_return, state.episode_length), trajectory.reward, trajectory.done
+        )
+        new_state = SHACState(
+            actor=actor,
+            critic=critic,
+            target_critic=target_critic,
+            actor_opt=actor_opt,
+            critic_opt=critic_opt,
+            normalizer=normalizer,
+            envs=envs,
+            episode_return=episode_return,
+            episode_length=episode_length,
+            last_return=jnp.where(
+                finished["count"] > 0, finished["sum"] / jnp.maximum(finished["count"], 1), state.last_return
+            ),
+            key=key,
+            iteration=state.iteration + 1,
+        )
+        values = self.critic_net.apply(critic, observations) if c.critic else jnp.zeros(())
+        metrics = {
+            "return": new_state.last_return,
+            "actor_objective": objective,
+            "critic_loss": critic_loss,
+            "value_mean": jnp.mean(values),
+            "grad_norm": grad_norm,
+            "actor_learning_rate": actor_lr,
+            "nonfinite_grads": actor_skipped,
+            "nonfinite_critic_updates": critic_skipped,
+            "train_episode_return_sum": finished["sum"],
+            "train_episode_return_count": finished["count"],
+            "train_episode_length_sum": finished["length_sum"],
+            "train_episode_length_count": finished["count"],
+        }
+        return new_state, metrics

@@ -1,5 +1,6 @@
 """External trainers (Brax's PPO/SAC/APG, SB3's PPO/SAC) through the runner: learning, run directory,
-checkpoints that reload through ``diffrl eval``, resume at the first unfinished seed, no torch import."""
+checkpoints that reload through ``diffrl eval``, resume at the first unfinished seed, no torch import,
+and every trainer on a Brax task whose episodes terminate (tiny runs on ``inverted_pendulum``)."""
 
 import json
 import subprocess
@@ -17,7 +18,7 @@ from diffrl.eval_run import evaluate_run
 from diffrl.experiment import _EVAL_KEY_OFFSET
 from diffrl.run import train
 
-from conftest import REPO, compose_train
+from conftest import REPO, compose_train, run_diffrl
 
 # Short runs on the cart-pole swing-up (closed-form dynamics: the fastest backend to compile and run).
 COMMON = (
@@ -164,3 +165,105 @@ def test_torch_is_not_imported_for_brax_agents():
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO / "tests", capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+# --- Brax's tasks, whose episodes terminate: tiny runs of every trainer on the inverted pendulum (the
+# pole falls past 0.2 rad -> done), on the generalized pipeline: the cheapest terminating task to compile.
+PENDULUM_LIMIT = 50
+PENDULUM = (
+    "env=inverted_pendulum",
+    "env.backend=generalized",
+    f"env.episode_length={PENDULUM_LIMIT}",
+    "num_seeds=1",
+    "eval.episodes=2",
+    "logger.wandb.enabled=false",
+    "logger.console.progress_bar=false",
+    "algo.num_evals=2",
+    "algo.num_eval_envs=2",
+)
+# The smallest budgets each trainer accepts: one training epoch of a few dozen env steps.
+TINY = {
+    "ppo": (
+        "iterations=1",
+        "algo.num_envs=4",
+        "algo.batch_size=4",
+        "algo.num_minibatches=2",
+        "algo.unroll_length=5",
+        "algo.num_updates_per_batch=1",
+    ),
+    "sac": ("iterations=40", "algo.num_envs=4", "algo.batch_size=8", "algo.grad_updates_per_step=1"),
+    "brax_apg": ("iterations=2", "algo.num_envs=2", "algo.horizon_length=5"),
+    "sb3_ppo": ("iterations=16", "algo.num_envs=2", "algo.n_steps=8", "algo.batch_size=16", "algo.n_epochs=1"),
+    "sb3_sac": (
+        "iterations=8",
+        "algo.num_envs=2",
+        "algo.batch_size=8",
+        "algo.gradient_steps=1",
+        "algo.buffer_size=1000",
+    ),
+}
+
+
+def check_terminating_run(summary, run_dir):
+    assert summary["env"] == "inverted_pendulum" and summary["seeds"] == "sequential"
+    assert np.isfinite(summary["final_return"]["mean"])
+    length = summary["final_episode_length"]["mean"]
+    assert 1 <= length <= PENDULUM_LIMIT
+    # The pendulum pays 1 per step alive: the return counts the steps up to the episode's end, none after.
+    assert summary["final_return"]["mean"] == pytest.approx(length)
+    assert summary["effective"]["algo"]["episode_length"] == PENDULUM_LIMIT
+    rows = read_rows(run_dir)
+    assert rows[0]["env_steps"] == 0 and all(0 < r["return"] <= PENDULUM_LIMIT for r in rows)
+    assert all(0 < r["eval/avg_episode_length"] <= PENDULUM_LIMIT for r in rows)
+    assert finished_seeds(run_dir, 1) == 1
+
+
+@pytest.mark.parametrize("algo", ["sac", "brax_apg", "sb3_ppo", "sb3_sac"])
+def test_every_trainer_runs_on_a_terminating_brax_task(algo, tmp_path):
+    requires(algo)
+    cfg = compose_train(*PENDULUM, f"algo={algo}", *TINY[algo])
+    summary = train(cfg, tmp_path)
+    check_terminating_run(summary, tmp_path)
+    (tmp_path / ".hydra").mkdir()
+    OmegaConf.save(cfg, tmp_path / ".hydra" / "config.yaml")
+    # diffrl eval's path (checkpoint -> policy -> masked episodes) reproduces the final evaluation.
+    result = evaluate_run(tmp_path, episodes=2, seed=_EVAL_KEY_OFFSET)
+    np.testing.assert_allclose(result["return"]["per_seed"], summary["final_return"]["per_seed"], rtol=1e-5)
+    np.testing.assert_allclose(result["length"]["per_seed"], summary["final_episode_length"]["per_seed"])
+
+
+def test_ppo_on_a_terminating_brax_task_through_the_command_line_with_a_replay(tmp_path):
+    """`diffrl train` + `diffrl eval html=true` on the inverted pendulum (Brax's PPO)."""
+    run_diffrl("train", *PENDULUM, "algo=ppo", *TINY["ppo"], cwd=tmp_path)
+    (run_dir,) = (tmp_path / "outputs" / "train").glob("*/*_inverted_pendulum_ppo")
+    check_terminating_run(json.loads((run_dir / "summary.json").read_text()), run_dir)
+    run_diffrl("eval", f"run_dir={run_dir}", "episodes=2", "html=true", cwd=tmp_path)
+    result = json.loads((run_dir / "eval.json").read_text())
+    assert all(1 <= n <= PENDULUM_LIMIT for n in result["length_per_episode"][0])
+    assert 1 <= result["replay"]["frames"] <= PENDULUM_LIMIT  # the replay stops where its episode ended
+    assert (run_dir / "replay.html").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_ppo_on_hopper_end_to_end_with_terminations(tmp_path):
+    """Brax's PPO on hopper (MJX, contacts, 1000-step episodes that end when the hopper falls): a short
+    run, then `diffrl eval` with a replay. A policy trained this briefly falls long before 1000 steps."""
+    cfg = compose_train(
+        "env=hopper",
+        "algo=ppo",
+        "num_seeds=1",
+        "iterations=20480",
+        "algo.num_evals=2",
+        "eval.episodes=4",
+        "logger.wandb.enabled=false",
+        "logger.console.progress_bar=false",
+    )
+    summary = train(cfg, tmp_path)
+    assert summary["effective"]["algo"]["episode_length"] == 1000 and summary["backend"] == "mjx"
+    assert 1 <= summary["final_episode_length"]["mean"] < 1000
+    assert all(r["eval/avg_episode_length"] < 1000 for r in read_rows(tmp_path))  # Brax's evaluator too
+    (tmp_path / ".hydra").mkdir()
+    OmegaConf.save(cfg, tmp_path / ".hydra" / "config.yaml")
+    result = evaluate_run(tmp_path, episodes=4, seed=_EVAL_KEY_OFFSET, html=True)
+    np.testing.assert_allclose(result["return"]["per_seed"], summary["final_return"]["per_seed"], rtol=1e-5)
+    assert 1 <= result["replay"]["frames"] < 1000 and (tmp_path / "replay.html").is_file()

@@ -1,4 +1,5 @@
-"""The SB3 VecEnv adapter over our JAX envs: SB3's env checker, shapes and dtypes, auto-reset, rewards."""
+"""The SB3 VecEnv adapter over our JAX envs: SB3's env checker, shapes and dtypes, auto-reset, rewards,
+and episodes that end early (terminations, not bootstrapped) vs at the time limit (truncations)."""
 
 import jax
 import numpy as np
@@ -76,3 +77,55 @@ def test_seeded_resets_repeat_and_unseeded_resets_move_on(env):
     vec.seed(7)
     np.testing.assert_array_equal(vec.reset(), first)
     assert not np.array_equal(vec.reset(), first)
+
+
+# --- episodes that end early: Brax's inverted pendulum terminates when the pole leaves +-0.2 rad ---
+LIMIT = 40
+
+
+@pytest.fixture(scope="module")
+def pendulum():
+    return make_env("inverted_pendulum", "generalized")  # the cheapest terminating task to compile
+
+
+def test_terminated_episodes_end_early_without_time_limit_flag_and_restart(pendulum):
+    vec = JaxVecEnv(pendulum, num_envs=2, episode_length=LIMIT)
+    vec.reset()
+    push = np.ones((2, pendulum.action_size), np.float32)  # full force to one side: the pole falls
+    total, steps = np.zeros(2), 0
+    while steps < LIMIT:
+        obs, rewards, dones, infos = vec.step(push)
+        total, steps = total + rewards, steps + 1
+        if dones.any():
+            break
+    assert dones.all() and steps < LIMIT, "the pole should fall long before the time limit"
+    for i in range(2):
+        info = infos[i]
+        assert info["TimeLimit.truncated"] is False  # a termination: SB3 must not bootstrap through it
+        assert info["episode"]["l"] == steps and info["episode"]["r"] == pytest.approx(total[i])
+        assert abs(info["terminal_observation"][1]) > 0.2  # the pole angle that ended the episode
+    np.testing.assert_allclose(obs, 0.0, atol=0.011)  # a fresh start: upright and at rest (+-0.01 noise)
+    _, _, dones, _ = vec.step(np.zeros_like(push))
+    assert not dones.any()
+
+
+def test_time_limit_on_a_terminating_task_is_a_truncation(pendulum):
+    vec = JaxVecEnv(pendulum, num_envs=2, episode_length=3)  # too short for the pole to fall
+    vec.reset()
+    for _ in range(3):
+        _, _, dones, infos = vec.step(np.zeros((2, pendulum.action_size), np.float32))
+    assert dones.all() and all(info["TimeLimit.truncated"] is True and info["episode"]["l"] == 3 for info in infos)
+
+
+def test_single_env_view_reports_terminated_and_truncated_apart(pendulum):
+    view = SingleEnvView(pendulum, episode_length=LIMIT)
+    view.reset(seed=0)
+    for _ in range(LIMIT):
+        _, _, terminated, truncated, _ = view.step(np.ones(pendulum.action_size, np.float32))
+        if terminated or truncated:
+            break
+    assert terminated and not truncated
+    view = SingleEnvView(pendulum, episode_length=2)
+    view.reset(seed=0)
+    outcomes = [view.step(np.zeros(pendulum.action_size, np.float32))[2:4] for _ in range(2)]
+    assert outcomes == [(False, False), (False, True)]

@@ -1,11 +1,14 @@
 """Brax's own jitted agents (``brax.training.agents.{ppo,sac,apg}``) as diffrl external trainers.
 
 Brax wraps our env for training itself (``VmapWrapper`` + ``EpisodeWrapper(episode_length,
-action_repeat=1)`` + ``AutoResetWrapper``); our envs never set ``done``, so every episode is exactly
-``episode_length`` steps. Brax's evaluator runs after each of ``num_evals - 1`` training epochs with
-the deterministic policy, and its ``eval/episode_reward`` (the undiscounted ``episode_length``-step
-return) is the ``return`` we log. A trained policy is Brax's ``(normalizer, policy)`` params, saved
-with orbax; the network is rebuilt from the run's config, so the run directory alone reloads it.
+action_repeat=1)`` + ``AutoResetWrapper``) with the task's ``env.episode_length`` (``algorithm_options``
+passes it on): an episode ends when the env sets ``done`` (Brax's locomotion tasks terminate when
+unhealthy; the swing-up tasks never do) or after ``episode_length`` steps, which Brax marks as a
+truncation (``info['truncation']``: PPO's GAE and SAC's critic do not treat it as a termination).
+Brax's evaluator runs after each of ``num_evals - 1`` training epochs with the deterministic policy,
+and its ``eval/episode_reward`` (the undiscounted return up to the episode's end) is the ``return`` we
+log. A trained policy is Brax's ``(normalizer, policy)`` params, saved with orbax; the network is
+rebuilt from the run's config, so the run directory alone reloads it.
 """
 
 from __future__ import annotations

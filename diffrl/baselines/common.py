@@ -41,7 +41,7 @@ class ExternalTrainer(Protocol):
     def load(self, directory: pathlib.Path) -> Any: ...
 
     def evaluation_policy(self, policies: list[Any]) -> tuple[Any, Any, Any]:
-        """(policy, params [seeds], normalizer [seeds]) for ``diffrl.evaluation.make_evaluator``."""
+        """(policy, params [seeds], normalizer [seeds]) for ``diffrl.evaluation.make_episode_stats``."""
 
 
 @dataclasses.dataclass(frozen=True)

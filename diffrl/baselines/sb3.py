@@ -26,7 +26,7 @@ from stable_baselines3.common.logger import KVWriter, Logger
 
 from diffrl.baselines.common import Report, ReportFn
 from diffrl.baselines.vec_env import JaxVecEnv
-from diffrl.evaluation import make_evaluator
+from diffrl.evaluation import make_episode_stats
 
 ACTIVATIONS = {"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU, "silu": torch.nn.SiLU, "elu": torch.nn.ELU}
 MODEL_FILE = "model.zip"
@@ -54,13 +54,18 @@ class SB3Policy:
         return carry, action
 
     def _predict(self, index: np.ndarray, obs: np.ndarray) -> np.ndarray:
+        """Actions for a batch; a non-finite observation gets a NaN action without reaching torch (whose
+        distributions reject it): the evaluator keeps stepping an env after its episode ended, masked,
+        and a fallen Brax body can blow up there."""
         batch_shape = obs.shape[:-1]
         index = np.broadcast_to(np.asarray(index), batch_shape).reshape(-1)
         flat_obs = np.array(obs, np.float32).reshape(-1, obs.shape[-1])
-        actions = np.zeros((flat_obs.shape[0], self.action_size), np.float32)
+        finite = np.isfinite(flat_obs).all(axis=-1)
+        actions = np.full((flat_obs.shape[0], self.action_size), np.nan, np.float32)
         for i in np.unique(index):
-            rows = index == i
-            actions[rows] = self.models[int(i)].predict(flat_obs[rows], deterministic=True)[0]
+            rows = (index == i) & finite
+            if rows.any():
+                actions[rows] = self.models[int(i)].predict(flat_obs[rows], deterministic=True)[0]
         return actions.reshape(batch_shape + (self.action_size,))
 
 
@@ -92,7 +97,9 @@ class _ReportCallback(BaseCallback):
         steps = self.num_timesteps
         sps = (steps - self._since[1]) / (t0 - self._since[0]) if steps > self._since[1] else None
         metrics = {k: v for k, v in self.last_values.values.items() if not k.startswith("time/")}
-        self.report(Report(steps, steps, self.trainer.evaluate_model(self.model), metrics, sps))
+        episode_return, episode_length = self.trainer.evaluate_model(self.model)
+        metrics["eval/avg_episode_length"] = episode_length  # Brax's agents report the same key
+        self.report(Report(steps, steps, episode_return, metrics, sps))
         self._since = (time.perf_counter(), steps)  # evaluation time is not training time
         self.next_report = steps + self.every
 
@@ -129,7 +136,7 @@ class SB3Agent:
         self.kwargs = options  # the rest goes to PPO(...) / SAC(...) as is
         # One compiled evaluator for all reports: its policy's model is swapped in, not retraced.
         self._eval_policy = SB3Policy([], env.action_size)
-        self._evaluate = make_evaluator(env, self._eval_policy, self.episode_length, self.num_eval_envs)
+        self._evaluate = make_episode_stats(env, self._eval_policy, self.episode_length, self.num_eval_envs)
         self._eval_key = jax.random.PRNGKey(0)
 
     @staticmethod
@@ -156,11 +163,12 @@ class SB3Agent:
         model.learn(total_timesteps=self.iterations, callback=_ReportCallback(self, report, last_values))
         return model
 
-    def evaluate_model(self, model: Any) -> float:
-        """Mean deterministic return of one model over ``num_eval_envs`` start states."""
+    def evaluate_model(self, model: Any) -> tuple[float, float]:
+        """Mean deterministic return and episode length of one model over ``num_eval_envs`` start states
+        (an episode ends at a termination or after ``episode_length`` steps)."""
         self._eval_policy.models = [model]
-        returns = self._evaluate(jnp.zeros(1, jnp.int32), jnp.zeros(1), self._eval_key)
-        return float(np.mean(jax.device_get(returns)))
+        stats = jax.device_get(self._evaluate(jnp.zeros(1, jnp.int32), jnp.zeros(1), self._eval_key))
+        return float(np.mean(stats["return"])), float(np.mean(stats["length"]))
 
     def save(self, policy: Any, directory: pathlib.Path) -> None:
         policy.save(pathlib.Path(directory) / MODEL_FILE)

@@ -58,10 +58,14 @@ def _step_batch(env: Env, episode_length: int, batch: BatchState, actions: jax.A
     terminated = stepped.done > 0
     truncated = jnp.logical_and(t >= episode_length, ~terminated)
     done = jnp.logical_or(terminated, truncated)
-    fresh = _reset_batch(env, actions.shape[0], batch.key)
+    key, reset_key = jax.random.split(batch.key)
+    # Start states only on the steps where some episode ended (a reset costs about one physics step).
+    fresh = jax.lax.cond(
+        jnp.any(done), lambda: jax.vmap(env.reset)(jax.random.split(reset_key, actions.shape[0])), lambda: stepped
+    )
     pick = lambda new, old: jnp.where(done.reshape(done.shape + (1,) * (new.ndim - 1)), new, old)
-    next_env = jax.tree.map(pick, fresh.env, stepped)
-    next_batch = BatchState(next_env, jnp.where(done, 0, t), jnp.where(done, 0.0, episode_return), fresh.key)
+    next_env = jax.tree.map(pick, fresh, stepped)
+    next_batch = BatchState(next_env, jnp.where(done, 0, t), jnp.where(done, 0.0, episode_return), key)
     out = (next_env.obs, stepped.reward, done, truncated, stepped.obs, episode_return, t)
     return next_batch, out
 

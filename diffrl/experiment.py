@@ -144,7 +144,7 @@ def training_horizon(cfg: DictConfig) -> int:
     trains on whole episodes. Evaluation always runs whole episodes."""
     if cfg.algo.name not in DETERMINISTIC_POLICY_ALGOS:  # e.g. SHAC: continuing envs, whole episodes
         return int(cfg.env.episode_length)
-    return int(cfg.env.get("training_horizon") or cfg.env.episode_length)
+    return min(int(cfg.env.get("training_horizon") or cfg.env.episode_length), int(cfg.env.episode_length))
 
 
 def mjx_solver(env_cfg: DictConfig) -> dict[str, int]:

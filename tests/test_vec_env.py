@@ -117,6 +117,7 @@ def test_time_limit_on_a_terminating_task_is_a_truncation(pendulum):
     assert dones.all() and all(info["TimeLimit.truncated"] is True and info["episode"]["l"] == 3 for info in infos)
 
 
+@pytest.mark.slow  # a debugging view; the batched adapter's termination handling is tested above (fast)
 def test_single_env_view_reports_terminated_and_truncated_apart(pendulum):
     view = SingleEnvView(pendulum, episode_length=LIMIT)
     view.reset(seed=0)

@@ -17,7 +17,6 @@ import argparse
 import dataclasses
 import os
 import pathlib
-import platform
 import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -26,6 +25,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from diffrl.envs import TASKS, AnalyticSwingUpEnv, SwingUpEnv  # noqa: E402
+from diffrl.experiment import machine_description  # noqa: E402
 from diffrl.gradients import policy_return  # noqa: E402
 from diffrl.networks import make_gru_policy  # noqa: E402
 
@@ -100,18 +100,6 @@ def memory_of_gradient(task: str, batch: int, horizon: int, remat: bool) -> int:
     return int(memory.temp_size_in_bytes)
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores visible; jax {jax.__version__} on {jax.devices()[0].platform}"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="short horizons, double pendulum, generalized only")
@@ -134,7 +122,7 @@ def main() -> None:
     lines: list[str] = []
     log = lambda msg: (print(msg, flush=True), lines.append(msg))
     load_before = os.getloadavg()
-    log(f"machine: {machine()}; load average at start {load_before[0]:.1f}")
+    log(f"machine: {machine_description()}; load average at start {load_before[0]:.1f}")
 
     cases = []
     for task in tasks:
@@ -194,7 +182,7 @@ def main() -> None:
         "# Closed-form dynamics vs Brax pipelines",
         "",
         f"Command: `{command}`  ",
-        f"Machine: {machine()}; load average {load_before[0]:.1f} at start, {load_after[0]:.1f} at end "
+        f"Machine: {machine_description()}; load average {load_before[0]:.1f} at start, {load_after[0]:.1f} at end "
         "(shared with other jobs during the run).",
         "",
         *table,

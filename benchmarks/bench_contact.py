@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import pathlib
-import platform
 import sys
 import time
 import traceback
@@ -37,6 +36,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import jax  # noqa: E402
 
 from diffrl.envs import REGISTRY, make_env  # noqa: E402
+from diffrl.experiment import machine_description  # noqa: E402
 from diffrl.gradients import reset_batch, speed  # noqa: E402
 from diffrl.networks import make_mlp_policy  # noqa: E402
 
@@ -75,24 +75,12 @@ def measure(task: str, backend: str, num_envs: int, horizon: int, repeats: int) 
     }
 
 
-def machine() -> str:
-    cpu = platform.machine()
-    try:
-        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores visible; jax {jax.__version__} on {jax.devices()[0].platform}"
-
-
 def markdown(rows: list[dict], command: str, num_envs: int, horizon: int, load: tuple[float, float]) -> str:
     lines = [
         "# Gradients through contact: speed and float32 finiteness per task x pipeline",
         "",
         f"Command: `{command}`  ",
-        f"Machine: {machine()}; load average {load[0]:.1f} at start, {load[1]:.1f} at the last row "
+        f"Machine: {machine_description()}; load average {load[0]:.1f} at start, {load[1]:.1f} at the last row "
         "(shared with other jobs: read differences below ~1.5x as noise).  ",
         f"{num_envs} envs x {horizon} steps, linear tanh policy, float32; steps/s = control steps summed over "
         "the batch per second (best call after a warm-up); compile = lowering + XLA compile (or cache load).",

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import pathlib
-import platform
 import sys
 import time
 
@@ -48,18 +46,6 @@ def settings_from(cfg: DictConfig, episode_length: int):
     )
 
 
-def machine() -> str:
-    cpu = platform.machine()
-    try:
-        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores"
-
-
 def fail(message: str) -> None:
     print(f"diffrl gradients: error: {message}", file=sys.stderr)
     sys.exit(2)
@@ -82,6 +68,7 @@ def main(cfg: DictConfig) -> None:
         build_policy,
         configure_jax,
         git_commit,
+        machine_description,
         package_versions,
         policy_description,
     )
@@ -116,7 +103,7 @@ def main(cfg: DictConfig) -> None:
         "config": OmegaConf.to_container(cfg, resolve=True),
         "versions": package_versions(),
         "git_commit": git_commit(),
-        "machine": f"{machine()}, jax on {jax.devices()[0].platform}",
+        "machine": machine_description(),
         "run_dir": str(run_dir.absolute()),
     }
     results = gradients.gradient_report(make, settings, log=log.info)

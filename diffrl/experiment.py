@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import pathlib
+import platform
 import subprocess
 import sys
 from importlib import metadata
@@ -219,6 +220,19 @@ def package_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             versions[name] = "not installed"
     return versions
+
+
+def machine_description() -> str:
+    """The CPU model, the cores visible and JAX's platform: what a measured number was measured on."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores visible; jax {jax.__version__} on {jax.devices()[0].platform}"
 
 
 def git_commit() -> str | None:

@@ -21,7 +21,7 @@ from flax import struct
 from jax.flatten_util import ravel_pytree
 
 from diffrl.networks.base import NormalizerState, Params, Policy
-from diffrl.rollout import GradientOptions, episode
+from diffrl.rollout import NO_GRADIENT_OPTIONS, GradientOptions, episode
 
 _NEVER_APPLY_NONFINITE = 2**31 - 1  # optax would apply non-finite updates after this many in a row
 
@@ -86,13 +86,15 @@ class APGCore:
 
     def rollouts(self, flat: jax.Array, normalizer: NormalizerState, starts) -> tuple[jax.Array, EpisodeBatch]:
         """Mean return over ``starts`` (differentiable), and the batch of episodes it came from."""
-        params = self.unravel(flat)
-        run = lambda start: episode(
-            self.env, self.policy, params, normalizer, start, self.episode_length, self.grad.rollout_options
+        return episodes_from(
+            self.env,
+            self.policy,
+            self.unravel(flat),
+            normalizer,
+            starts,
+            self.episode_length,
+            self.grad.rollout_options,
         )
-        trajectory = jax.vmap(run)(starts)
-        returns = jnp.sum(trajectory.reward, axis=-1)
-        return jnp.mean(returns), EpisodeBatch(alive_observations(trajectory), jnp.sum(trajectory.alive, axis=-1))
 
     def gradient_step(self, flat, opt_state, normalizer, key, learning_rate):
         """One Adam step on -(mean return over fresh start states); skipped if non-finite."""
@@ -176,6 +178,23 @@ class EpisodeBatch:
 
     observations: jax.Array  # [episodes, T, obs], repeated past each episode's end (see alive_observations)
     lengths: jax.Array  # [episodes] steps before each episode ended
+
+
+def episodes_from(
+    env: Env,
+    policy: Policy,
+    params: Params,
+    normalizer: NormalizerState,
+    starts,
+    length: int,
+    gradients: GradientOptions = NO_GRADIENT_OPTIONS,
+) -> tuple[jax.Array, EpisodeBatch]:
+    """One deterministic episode from each of ``starts``: their mean return (differentiable) and the
+    batch (observations for the normaliser, lengths). APG and CEM score candidates with it."""
+    run = lambda start: episode(env, policy, params, normalizer, start, length, gradients)
+    trajectory = jax.vmap(run)(starts)
+    returns = jnp.sum(trajectory.reward, axis=-1)
+    return jnp.mean(returns), EpisodeBatch(alive_observations(trajectory), jnp.sum(trajectory.alive, axis=-1))
 
 
 def training_episode_metrics(returns: jax.Array, lengths: jax.Array, episodes_each: int) -> dict[str, jax.Array]:

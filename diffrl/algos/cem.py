@@ -16,9 +16,8 @@ from brax.envs.base import Env
 from flax import struct
 from jax.flatten_util import ravel_pytree
 
-from diffrl.algos.apg import EpisodeBatch, alive_observations, training_episode_metrics
+from diffrl.algos.apg import EpisodeBatch, episodes_from, training_episode_metrics
 from diffrl.networks.base import NormalizerState, Params, Policy
-from diffrl.rollout import episode
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,11 +95,9 @@ class CEM:
 
     def _score(self, flat_params: jax.Array, normalizer: NormalizerState, starts) -> tuple[jax.Array, EpisodeBatch]:
         """Mean return over the start states, and the episodes (observations for the normaliser, lengths)."""
-        params = self._unravel(flat_params)
-        run = lambda start: episode(self.env, self.policy, params, normalizer, start, self.config.episode_length)
-        trajectory = jax.vmap(run)(starts)
-        returns = jnp.sum(trajectory.reward, axis=-1)
-        return jnp.mean(returns), EpisodeBatch(alive_observations(trajectory), jnp.sum(trajectory.alive, axis=-1))
+        return episodes_from(
+            self.env, self.policy, self._unravel(flat_params), normalizer, starts, self.config.episode_length
+        )
 
     def train_step(self, state: CEMState) -> tuple[CEMState, dict]:
         c = self.config

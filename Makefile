@@ -9,7 +9,7 @@ LAUNCHER ?= local
 TABLES   ?= $(or $(DIFFRL_OUTPUTS),outputs)/tables
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test test-slow lint bench table1 table2 clean
+.PHONY: help install train test test-slow lint bench table1 table2 shac clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -42,6 +42,7 @@ bench: install ## benchmarks (not tests): env, gradient and wrapper speeds, PPO/
 	$(BIN)/python -m benchmarks.bench_apg --quick $(ARGS)
 	$(BIN)/python -m benchmarks.bench_baselines --quick $(ARGS)
 	$(BIN)/python -m benchmarks.bench_contact --quick $(ARGS)
+	$(BIN)/python -m benchmarks.bench_shac --quick $(ARGS)
 
 table1: install ## CE-APG paper Table I (CE-APG, PPO, SAC, Brax APG x 3 tasks x 8 seeds): sweep, then table + curves; BUDGET=quick|paper LAUNCHER=local|joblib|slurm|submitit_local
 	$(BIN)/diffrl train -m experiment=ceapg_table1 budget=$(BUDGET) launcher=$(LAUNCHER) $(ARGS)
@@ -52,6 +53,11 @@ table2: install ## CE-APG paper Table II (CE-APG, PAPG, CEM x 3 tasks x 8 seeds)
 	$(BIN)/diffrl train -m experiment=ceapg_table2 budget=$(BUDGET) launcher=$(LAUNCHER) $(ARGS)
 	$(BIN)/diffrl table $(TABLES)/table2_$(BUDGET)
 	$(BIN)/diffrl plot $(TABLES)/table2_$(BUDGET)
+
+shac: install ## SHAC paper Fig. 4 (SHAC, BPTT, PPO, SAC x SHAC's 5 tasks): sweep, then table + curves vs steps and wall clock; BUDGET, LAUNCHER as table1
+	$(BIN)/diffrl train -m experiment=shac_fig4 budget=$(BUDGET) launcher=$(LAUNCHER) $(ARGS)
+	$(BIN)/diffrl table $(TABLES)/shac_fig4_$(BUDGET)
+	$(BIN)/diffrl plot $(TABLES)/shac_fig4_$(BUDGET)
 
 clean: ## remove outputs, caches and the venv
 	rm -rf outputs multirun wandb .pytest_cache .ruff_cache .cache $(VENV)

@@ -11,7 +11,14 @@ import pathlib
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+
+
+def _storable(tree: Any) -> Any:
+    """Orbax refuses zero-size arrays (MJX's state has some, e.g. ``act`` without actuator dynamics):
+    each is stored as a one-element placeholder and rebuilt from the template on restore."""
+    return jax.tree.map(lambda x: np.zeros((1,), x.dtype) if x.size == 0 else x, tree)
 
 
 class Checkpointer:
@@ -24,7 +31,7 @@ class Checkpointer:
         return self._manager.latest_step()
 
     def save(self, step: int, state: Any, host: dict) -> None:
-        args = ocp.args.Composite(state=ocp.args.StandardSave(state), host=ocp.args.JsonSave(host))
+        args = ocp.args.Composite(state=ocp.args.StandardSave(_storable(state)), host=ocp.args.JsonSave(host))
         self._manager.save(step, args=args, force=True)
         self._manager.wait_until_finished()
 
@@ -33,10 +40,11 @@ class Checkpointer:
         step = self.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like_state)
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _storable(like_state))
         args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract), host=ocp.args.JsonRestore())
         restored = self._manager.restore(step, args=args)
-        return restored["state"], restored["host"]
+        state = jax.tree.map(lambda like, x: like if like.size == 0 else x, like_state, restored["state"])
+        return state, restored["host"]
 
     def close(self) -> None:
         self._manager.close()

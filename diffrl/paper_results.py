@@ -1,16 +1,44 @@
-"""The CE-APG paper's published results (Gillen & Byl, arXiv 2203.02857, Tables I and II): mean ± std over
-8 seeds of each seed's final training return, keyed by (table, algo, task) in diffrl's names.
+"""Published results ``diffrl table`` prints beside what was measured, keyed by (table, algo, task) in
+diffrl's names; a value is (mean, std), or (reading, None) where the paper only has curves.
 
-``diffrl table`` prints these beside what was measured. The paper's "Pendulum" is diffrl's
-``cartpole_swingup`` and its "Double pendulum" is ``double_pendulum_swingup``.
+- ``table1``, ``table2``: the CE-APG paper (Gillen & Byl, arXiv 2203.02857), Tables I and II: mean ± std over
+  8 seeds of each seed's final training return. Its "Pendulum" is diffrl's ``cartpole_swingup`` and its
+  "Double pendulum" is ``double_pendulum_swingup``.
+- ``shac_fig4``: the SHAC paper (Xu et al., ICLR 2022), Fig. 4, read off the curves (about ±10 %,
+  shared/PAPERS.md): SHAC's return at the end of its budget; PPO on Ant at the same 4M samples; PPO and SAC
+  on Humanoid at the end of their (longer) runs; BPTT on Ant.
 """
 
 from __future__ import annotations
 
-PAPER = "CE-APG (Gillen & Byl 2022)"
-TASKS = ("cartpole_swingup", "acrobot", "double_pendulum_swingup")
-TASK_TITLES = {"cartpole_swingup": "Pendulum", "acrobot": "Acrobot", "double_pendulum_swingup": "Double pendulum"}
-ALGO_TITLES = {"ce_apg": "CE-APG", "ppo": "PPO", "sac": "SAC", "brax_apg": "Brax APG", "papg": "PAPG", "cem": "CEM"}
+PAPERS = {
+    "table1": "CE-APG (Gillen & Byl 2022), Table I",
+    "table2": "CE-APG (Gillen & Byl 2022), Table II",
+    "shac_fig4": "SHAC (Xu et al. 2022), Fig. 4, read off the curves (±10 %)",
+}
+CEAPG_TASKS = ("cartpole_swingup", "acrobot", "double_pendulum_swingup")
+SHAC_TASKS = ("shac_cartpole", "shac_ant", "shac_hopper", "shac_cheetah", "shac_humanoid")
+TASKS = CEAPG_TASKS + SHAC_TASKS  # the order of a table's columns
+TASK_TITLES = {
+    "cartpole_swingup": "Pendulum",
+    "acrobot": "Acrobot",
+    "double_pendulum_swingup": "Double pendulum",
+    "shac_cartpole": "CartPole",
+    "shac_ant": "Ant",
+    "shac_hopper": "Hopper",
+    "shac_cheetah": "Cheetah",
+    "shac_humanoid": "Humanoid",
+}
+ALGO_TITLES = {
+    "ce_apg": "CE-APG",
+    "ppo": "PPO",
+    "sac": "SAC",
+    "brax_apg": "Brax APG",
+    "papg": "PAPG",
+    "cem": "CEM",
+    "shac": "SHAC",
+    "bptt": "BPTT",
+}
 
 # (mean, std) per task, in TASKS order.
 _TABLE1 = {
@@ -25,16 +53,30 @@ _TABLE2 = {
     "cem": ((-3019, 559), (626, 160), (-2.7e5, 7.6e5)),
 }
 
-PAPER_RESULTS: dict[tuple[str, str, str], tuple[float, float]] = {
-    (table, algo, task): (float(mean), float(std))
-    for table, rows in (("table1", _TABLE1), ("table2", _TABLE2))
-    for algo, cells in rows.items()
-    for task, (mean, std) in zip(TASKS, cells, strict=True)
+# Readings of the curves (no std): (algo, task) -> return.
+_SHAC_FIG4 = {
+    ("shac", "shac_cartpole"): -500,
+    ("shac", "shac_ant"): 7500,
+    ("ppo", "shac_ant"): 800,
+    ("bptt", "shac_ant"): 300,
+    ("shac", "shac_humanoid"): 8000,
+    ("ppo", "shac_humanoid"): 6400,
+    ("sac", "shac_humanoid"): 6500,
 }
-EXPERIMENT_TABLES = {"ceapg_table1": "table1", "ceapg_table2": "table2"}
+
+PAPER_RESULTS: dict[tuple[str, str, str], tuple[float, float | None]] = {
+    **{
+        (table, algo, task): (float(mean), float(std))
+        for table, rows in (("table1", _TABLE1), ("table2", _TABLE2))
+        for algo, cells in rows.items()
+        for task, (mean, std) in zip(CEAPG_TASKS, cells, strict=True)
+    },
+    **{("shac_fig4", algo, task): (float(value), None) for (algo, task), value in _SHAC_FIG4.items()},
+}
+EXPERIMENT_TABLES = {"ceapg_table1": "table1", "ceapg_table2": "table2", "shac_fig4": "shac_fig4"}
 
 
-def paper_result(algo: str, task: str, table: str | None = None) -> tuple[float, float] | None:
+def paper_result(algo: str, task: str, table: str | None = None) -> tuple[float, float | None] | None:
     """The paper's (mean, std) for ``algo`` on ``task``: from ``table`` if given, else from the first table
     that has it (CE-APG's row is the same in both)."""
     tables = [table] if table else ["table1", "table2"]

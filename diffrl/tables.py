@@ -16,9 +16,8 @@ from typing import Any
 import numpy as np
 import yaml
 
-from diffrl.paper_results import ALGO_TITLES, EXPERIMENT_TABLES, PAPER, TASK_TITLES, TASKS, paper_result
+from diffrl.paper_results import ALGO_TITLES, EXPERIMENT_TABLES, PAPERS, TASK_TITLES, TASKS, paper_result
 
-TABLE_TITLES = {"table1": "Table I", "table2": "Table II"}
 METRICS = ("final_return", "final_train_return")  # diffrl's own final evaluation, or the last training return
 
 
@@ -184,7 +183,10 @@ def cell_text(cell: Cell) -> str:
 
 def paper_text(algo: str, task: str, table: str | None) -> str:
     result = paper_result(algo, task, table)
-    return f"{format_number(result[0])} ± {format_number(result[1])}" if result else "–"
+    if result is None:
+        return "–"
+    mean, std = result
+    return f"≈ {format_number(mean)}" if std is None else f"{format_number(mean)} ± {format_number(std)}"
 
 
 def markdown_table(cells, algos, tasks, table: str | None, metric: str = "final_return") -> str:
@@ -195,8 +197,8 @@ def markdown_table(cells, algos, tasks, table: str | None, metric: str = "final_
         else ("final training return")
     )
     lines = [
-        f"Mean ± std over seeds (population std) of each seed's {what}; paper: {PAPER}"
-        + (f", {TABLE_TITLES.get(table, table)}" if table else "")
+        f"Mean ± std over seeds (population std) of each seed's {what}"
+        + (f"; paper: {PAPERS[table]}" if table in PAPERS else "")
         + ".",
         "",
     ]

@@ -34,6 +34,12 @@ def compose_train(*overrides: str):
         return compose(config_name="train", overrides=list(overrides))
 
 
+def compose_with_hydra(*overrides: str):
+    """As ``compose_train``, with Hydra's own config (sweeper params, sweep dirs, launcher) included."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="train", overrides=list(overrides), return_hydra_config=True)
+
+
 def run_diffrl(*args: str, cwd: pathlib.Path, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
     """Runs the `diffrl` command in a subprocess, with outputs under ``cwd``."""
     env = {**os.environ, "DIFFRL_OUTPUTS": str(cwd / "outputs")}

@@ -5,11 +5,12 @@ import csv
 import json
 
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from conftest import CONF_DIR, compose_train, run_diffrl
+from diffrl.paper_results import SHAC_TASKS
+
+from conftest import CONF_DIR, compose_train, compose_with_hydra, run_diffrl
 
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 ALGOS = ("cem", "papg")  # the cheapest pair for the micro end-to-end sweep
@@ -20,11 +21,6 @@ LAUNCHERS = {
     "slurm": "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher",
     "submitit_local": "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher",
 }
-
-
-def compose_with_hydra(*overrides):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="train", overrides=list(overrides), return_hydra_config=True)
 
 
 def sweep_jobs(*overrides):
@@ -40,17 +36,22 @@ def sweep_jobs(*overrides):
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_composes(experiment, budget):
     cfg = compose_train(f"experiment={experiment}", f"budget={budget}")
-    assert cfg.num_seeds == 8 and cfg.budget == budget
+    seeds = {"quick": 2, "paper": 5} if experiment == "shac_fig4" else {"quick": 8, "paper": 8}
+    assert cfg.num_seeds == seeds[budget] and cfg.budget == budget
     assert cfg.logger.wandb.group == f"{experiment}_{budget}"  # one wandb group per sweep
 
 
 @pytest.mark.parametrize(
-    "experiment,algos",
-    [("ceapg_table1", ["ce_apg", "ppo", "sac", "brax_apg"]), ("ceapg_table2", ["ce_apg", "papg", "cem"])],
+    "experiment,algos,tasks",
+    [
+        ("ceapg_table1", ["ce_apg", "ppo", "sac", "brax_apg"], TASKS),
+        ("ceapg_table2", ["ce_apg", "papg", "cem"], TASKS),
+        ("shac_fig4", ["shac", "bptt", "ppo", "sac"], list(SHAC_TASKS)),
+    ],
 )
-def test_table_sweeps_expand_to_one_job_per_algo_and_task(experiment, algos):
+def test_table_sweeps_expand_to_one_job_per_algo_and_task(experiment, algos, tasks):
     jobs = sweep_jobs(f"experiment={experiment}", "budget=quick")
-    assert sorted((j["algo"], j["env"]) for j in jobs) == sorted((a, t) for a in algos for t in TASKS)
+    assert sorted((j["algo"], j["env"]) for j in jobs) == sorted((a, t) for a in algos for t in tasks)
     cfg = compose_with_hydra(f"experiment={experiment}", "budget=paper")
     assert cfg.hydra.sweep.dir.endswith(f"tables/{experiment.removeprefix('ceapg_')}_paper")
 

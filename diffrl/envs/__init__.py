@@ -1,10 +1,12 @@
 """Environments: every task diffrl knows, by name, with the physics backends it supports.
 
-Two suites share one registry:
-- ``swingup``: the CE-APG swing-up tasks (MJCF under ``assets/``), on their exact closed-form dynamics
-  (``analytic``) or on any of Brax's pipelines;
+Three suites share one registry:
+- ``swingup``: the CE-APG swing-up tasks and SHAC's cart-pole (MJCF under ``assets/``), on their exact
+  closed-form dynamics (``analytic``) or on any of Brax's pipelines;
 - ``brax``: Brax's built-in locomotion and control tasks (``brax.envs.get_environment``), with contacts,
-  terminations and no closed form.
+  terminations and no closed form;
+- ``shac``: SHAC's locomotion tasks (its observations, rewards, terminations and timing on Brax's MuJoCo
+  bodies; ``shac_locomotion.py``, docs/shac_tasks.md).
 
 ``make_env(name, backend)`` is the one way in. An unknown name, or a backend the task does not support,
 raises ``ValueError`` with one line naming the valid choices.
@@ -20,6 +22,7 @@ from brax.envs.base import Env
 
 from diffrl.envs.analytic import AnalyticSwingUpEnv
 from diffrl.envs.brax_suite import BraxSuiteEnv
+from diffrl.envs.shac_locomotion import SHAC_LOCOMOTION, ShacLocomotionEnv
 from diffrl.envs.swingup import SwingUpEnv
 from diffrl.envs.tasks import TASKS, SwingUpTask, wrap_angle
 
@@ -36,7 +39,7 @@ class TaskSpec:
     """A task in the registry: its suite, the backends it runs on, and how to build it on one."""
 
     name: str
-    suite: str  # "swingup" | "brax"
+    suite: str  # "swingup" | "brax" | "shac"
     backends: tuple[str, ...]
     build: Callable[[str], Env]
 
@@ -52,6 +55,10 @@ def _brax(name: str, backends: tuple[str, ...] = BRAX_PIPELINES) -> TaskSpec:
     return TaskSpec(name, "brax", backends, lambda backend: brax_envs.get_environment(name, backend=backend))
 
 
+def _shac(env_class: type[ShacLocomotionEnv]) -> TaskSpec:
+    return TaskSpec(env_class.name, "shac", BRAX_PIPELINES, lambda backend: env_class(backend=backend))
+
+
 REGISTRY: dict[str, TaskSpec] = {
     spec.name: spec
     for spec in (
@@ -64,6 +71,7 @@ REGISTRY: dict[str, TaskSpec] = {
         _brax("reacher"),
         _brax("swimmer", backends=("generalized",)),  # Brax's swimmer raises on any other pipeline
         _brax("walker2d"),
+        *(_shac(env_class) for env_class in SHAC_LOCOMOTION.values()),
     )
 }
 

@@ -359,17 +359,9 @@ class AnalyticSwingUpEnv(SwingUpHooks, Env):
         self.integrator = integrator
         self.remat = remat  # see ``simulate``
         self.chain = PlanarChain.from_mjcf(task.xml)
-        self._hanging_q = jnp.asarray(task.hanging_q)
-        self._angle_mask = jnp.asarray(task.angle_mask, dtype=float)
 
     def reset(self, rng: Array) -> State:
-        """Hanging down, with uniform noise of +-reset_noise on angles and on all velocities."""
-        # Same key splitting and draws as SwingUpEnv.reset: one key gives one start state on every backend.
-        rng_q, rng_qd = jax.random.split(rng)
-        noise = self.task.reset_noise
-        shape = self._hanging_q.shape
-        q = self._hanging_q + self._angle_mask * jax.random.uniform(rng_q, shape, minval=-noise, maxval=noise)
-        qd = jax.random.uniform(rng_qd, shape, minval=-noise, maxval=noise)
+        q, qd = self.task.start_joints(rng)
         zero = jnp.zeros(())
         return State(PlanarState(q, qd), self.task.observe(q, qd), zero, zero, {})
 

@@ -46,17 +46,9 @@ class SwingUpEnv(SwingUpHooks, PipelineEnv):
         sys = mjcf.loads(task.xml)
         super().__init__(sys=sys, backend=backend, n_frames=task.substeps, **kwargs)
         self.task = task
-        self._hanging_q = jnp.asarray(task.hanging_q)
-        self._angle_mask = jnp.asarray(task.angle_mask, dtype=float)
 
     def reset(self, rng: jax.Array) -> State:
-        """Hanging down, with uniform noise of +-reset_noise on angles and on all velocities."""
-        rng_q, rng_qd = jax.random.split(rng)
-        noise = self.task.reset_noise
-        shape = self._hanging_q.shape
-        q = self._hanging_q + self._angle_mask * jax.random.uniform(rng_q, shape, minval=-noise, maxval=noise)
-        qd = jax.random.uniform(rng_qd, shape, minval=-noise, maxval=noise)
-        pipeline_state = self.pipeline_init(q, qd)
+        pipeline_state = self.pipeline_init(*self.task.start_joints(rng))
         obs = self.task.observe(pipeline_state.q, pipeline_state.qd)
         zero = jnp.zeros(())
         return State(pipeline_state, obs, zero, zero, {})

@@ -11,6 +11,7 @@ import dataclasses
 import pathlib
 from collections.abc import Callable
 
+import jax
 import jax.numpy as jnp
 
 ASSETS = pathlib.Path(__file__).parent / "assets"
@@ -37,7 +38,21 @@ class SwingUpTask:
     reward: Callable[[Array, Array], Array]
     best_return: float  # upper bound of the 500-step return, for tables and sanity checks
     episode_length: int = 500
-    reset_noise: float = 0.01
+    reset_noise: float = 0.01  # uniform +-noise on the joints in reset_noise_mask (default: the hinges)
+    reset_noise_mask: tuple[bool, ...] | None = None
+    reset_velocity_noise: float | None = None  # uniform +-noise on every velocity (default: reset_noise)
+
+    def start_joints(self, rng: Array) -> tuple[Array, Array]:
+        """(q, qd) of a start state: hanging down plus uniform noise. Every backend calls this, so one key
+        gives one start state on all of them."""
+        rng_q, rng_qd = jax.random.split(rng)
+        hanging = jnp.asarray(self.hanging_q)
+        mask = jnp.asarray(self.reset_noise_mask or self.angle_mask, dtype=float)
+        noise = self.reset_noise
+        velocity_noise = noise if self.reset_velocity_noise is None else self.reset_velocity_noise
+        q = hanging + mask * jax.random.uniform(rng_q, hanging.shape, minval=-noise, maxval=noise)
+        qd = jax.random.uniform(rng_qd, hanging.shape, minval=-velocity_noise, maxval=velocity_noise)
+        return q, qd
 
     def link_angles(self, q: Array) -> Array:
         """Absolute angle of each pole/link from upright (hinge angles are relative to the parent)."""
@@ -111,4 +126,31 @@ DOUBLE_PENDULUM_SWINGUP = SwingUpTask(
     best_return=5000.0,
 )
 
-TASKS: dict[str, SwingUpTask] = {task.name: task for task in (ACROBOT, CARTPOLE_SWINGUP, DOUBLE_PENDULUM_SWINGUP)}
+
+def _shac_cartpole_reward(q: Array, qd: Array) -> Array:
+    theta = wrap_angle(q[1])
+    return -(theta**2 + 0.1 * qd[1] ** 2 + 0.05 * q[0] ** 2 + 0.1 * qd[0] ** 2)
+
+
+# SHAC's CartPole swing-up (DiffRL envs/cartpole_swing_up.py; docs/shac_tasks.md): control step 1/60 s in
+# 4 substeps, 240-step episodes, starts hanging (theta = -pi) with U(+-pi/2) on both joints and U(+-0.25)
+# on both velocities (the authors' `stochastic_init`), force 1000 a on the cart.
+SHAC_CARTPOLE = SwingUpTask(
+    name="shac_cartpole",
+    xml_file="shac_cartpole.xml",
+    substeps=4,
+    observation_size=5,
+    hanging_q=(0.0, -jnp.pi),
+    angle_mask=(False, True),
+    observe=lambda q, qd: jnp.stack([q[0], qd[0], jnp.sin(q[1]), jnp.cos(q[1]), qd[1]]),
+    reward=_shac_cartpole_reward,
+    best_return=0.0,
+    episode_length=240,
+    reset_noise=jnp.pi / 2,
+    reset_noise_mask=(True, True),
+    reset_velocity_noise=0.25,
+)
+
+TASKS: dict[str, SwingUpTask] = {
+    task.name: task for task in (ACROBOT, CARTPOLE_SWINGUP, DOUBLE_PENDULUM_SWINGUP, SHAC_CARTPOLE)
+}

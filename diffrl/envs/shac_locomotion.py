@@ -1,0 +1,235 @@
+"""SHAC's locomotion tasks (Xu et al., ICLR 2022; DiffRL ``envs/{ant,hopper,cheetah,humanoid}.py``) on
+MuJoCo bodies: the authors' observations, rewards, terminations, control step and reset noise, on Brax's
+MJCF models and any of Brax's pipelines (MJX by default).
+
+The authors' simulator, dflex, builds its own bodies from the MJCF (density 1000, its own gears, damping
+and penalty contacts, y up); MuJoCo cannot take those choices as they are, so the bodies, gears and
+contacts here are Brax's, and everything the task *asks* (what is observed, what is paid, when an episode
+ends, how it starts) is the authors'. ``docs/shac_tasks.md`` lists every difference and why.
+
+Shared: control step 1/60 s in ``substeps`` physics steps; actions clipped to [-1, 1] and sent to the
+MJCF's motors; z up (dflex is y up: its "height" is our z, its "up_y" our up_z).
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import mujoco
+from brax import math as brax_math
+from brax.envs.base import PipelineEnv, State
+from brax.io import mjcf
+from etils import epath
+
+CONTROL_DT = 1.0 / 60.0
+TARGET_X = 10000.0  # the authors' far-away target straight ahead: heading reward = cos(angle to +x)
+
+
+def brax_asset(file: str) -> str:
+    return str(epath.resource_path("brax") / "envs" / "assets" / file)
+
+
+def uniform(key: jax.Array, shape, scale: float) -> jax.Array:
+    """U(-scale, scale), the authors' ``scale * (rand - 0.5) * 2``."""
+    return jax.random.uniform(key, shape, minval=-scale, maxval=scale)
+
+
+def height_reward(d: jax.Array, scale: float) -> jax.Array:
+    """The authors' shaped height term: -200 d^2 below the threshold, ``scale * d`` above it."""
+    return jnp.where(d < 0.0, -200.0 * d**2, scale * d)
+
+
+class ShacLocomotionEnv(PipelineEnv):
+    """What the four tasks share: timing, action clipping, the previous action in ``info``, the replay."""
+
+    name: str
+    xml_file: str
+    substeps: int
+    observation_size_: int
+
+    def __init__(self, backend: str = "mjx", **kwargs):
+        sys = mjcf.load(brax_asset(self.xml_file))
+        sys = sys.tree_replace({"opt.timestep": CONTROL_DT / self.substeps})
+        if backend == "mjx":
+            # As Brax's own ant and humanoid on MJX: without these the MJX step diverges to NaN within a few
+            # hundred random-action steps (measured on shac_ant). make_env then sets the solver's iterations.
+            sys = sys.tree_replace(
+                {"opt.solver": mujoco.mjtSolver.mjSOL_NEWTON, "opt.disableflags": mujoco.mjtDisableBit.mjDSBL_EULERDAMP}
+            )
+        super().__init__(sys=sys, backend=backend, n_frames=self.substeps, **kwargs)
+
+    # --- what each task defines ---
+    def start_joints(self, key: jax.Array) -> tuple[jax.Array, jax.Array]:
+        raise NotImplementedError
+
+    def observe(self, pipeline_state, last_action: jax.Array) -> jax.Array:
+        raise NotImplementedError
+
+    def reward(self, obs: jax.Array, action: jax.Array) -> jax.Array:
+        raise NotImplementedError
+
+    def terminated(self, obs: jax.Array) -> jax.Array:
+        return jnp.zeros(())
+
+    # --- Brax's Env ---
+    def reset(self, rng: jax.Array) -> State:
+        pipeline_state = self.pipeline_init(*self.start_joints(rng))
+        no_action = jnp.zeros(self.action_size)
+        obs = self.observe(pipeline_state, no_action)
+        zero = jnp.zeros(())
+        return State(pipeline_state, obs, zero, zero, {}, {"last_action": no_action})
+
+    def step(self, state: State, action: jax.Array) -> State:
+        action = jnp.clip(action, -1.0, 1.0)
+        pipeline_state = self.pipeline_step(state.pipeline_state, action)
+        obs = self.observe(pipeline_state, action)
+        return state.replace(
+            pipeline_state=pipeline_state,
+            obs=obs,
+            reward=self.reward(obs, action),
+            done=self.terminated(obs).astype(state.done.dtype),
+            info={**state.info, "last_action": action},
+        )
+
+    @property
+    def observation_size(self) -> int:
+        return self.observation_size_  # static: Brax's default runs an uncompiled reset to read a shape
+
+    def replay(self, pipeline_states):
+        """(system, pipeline states) for ``brax.io.html.render``."""
+        return self.sys.tree_replace({"opt.timestep": self.dt}), pipeline_states
+
+
+def torso_observation(pipeline_state, last_action: jax.Array) -> jax.Array:
+    """Ant's and Humanoid's observation: torso height, orientation, linear and angular velocity, joint
+    positions, 0.1 x joint velocities, the up vector's vertical component, the heading towards the
+    target, the previous action."""
+    pos, rot = pipeline_state.x.pos[0], pipeline_state.x.rot[0]
+    up = brax_math.rotate(jnp.array([0.0, 0.0, 1.0]), rot)
+    heading = brax_math.rotate(jnp.array([1.0, 0.0, 0.0]), rot)
+    to_target = jnp.array([TARGET_X - pos[0], -pos[1], 0.0])  # horizontal only
+    heading_to_target = heading @ (to_target / jnp.linalg.norm(to_target))
+    return jnp.concatenate(
+        [
+            pos[2:3],
+            rot,
+            pipeline_state.xd.vel[0],
+            pipeline_state.xd.ang[0],
+            pipeline_state.q[7:],
+            0.1 * pipeline_state.qd[6:],
+            up[2:3],
+            heading_to_target[None],
+            last_action,
+        ]
+    )
+
+
+def torso_reset(env: PipelineEnv, key: jax.Array, joint_noise: float) -> tuple[jax.Array, jax.Array]:
+    """The authors' ``stochastic_init`` of a free-floating torso: position +-0.1, a rotation of up to
+    pi/24 about a random axis, joints +-``joint_noise``, every velocity U(+-0.25)."""
+    k_pos, k_angle, k_axis, k_joints, k_vel = jax.random.split(key, 5)
+    q0 = env.sys.init_q
+    angle = uniform(k_angle, (), math.pi / 24)
+    axis = jax.random.uniform(k_axis, (3,), minval=-0.5, maxval=0.5)
+    tilt = brax_math.quat_rot_axis(axis / jnp.linalg.norm(axis), angle)
+    q = jnp.concatenate(
+        [
+            q0[:3] + uniform(k_pos, (3,), 0.1),
+            brax_math.quat_mul(q0[3:7], tilt),
+            q0[7:] + uniform(k_joints, q0[7:].shape, joint_noise),
+        ]
+    )
+    return q, uniform(k_vel, (env.sys.qd_size(),), 0.25)
+
+
+def planar_reset(env: PipelineEnv, key: jax.Array, noise: float, velocity_noise: float):
+    """The planar walkers' ``stochastic_init``: root x, z and angle and every joint +-``noise`` (angle:
+    +-noise as well), every velocity U(+-``velocity_noise``)."""
+    k_q, k_qd = jax.random.split(key)
+    q = env.sys.init_q + uniform(k_q, (env.sys.q_size(),), noise)
+    return q, uniform(k_qd, (env.sys.qd_size(),), velocity_noise)
+
+
+class ShacAnt(ShacLocomotionEnv):
+    """37 observations; reward v_x + 0.1 up_z + heading + (h - 0.27); ends when the torso is below 0.27."""
+
+    name, xml_file, substeps, observation_size_ = "shac_ant", "ant.xml", 2, 37
+    termination_height = 0.27
+
+    def start_joints(self, key):
+        return torso_reset(self, key, joint_noise=0.2)
+
+    def observe(self, pipeline_state, last_action):
+        return torso_observation(pipeline_state, last_action)
+
+    def reward(self, obs, action):
+        return obs[5] + 0.1 * obs[27] + obs[28] + (obs[0] - self.termination_height)
+
+    def terminated(self, obs):
+        return obs[0] < self.termination_height
+
+
+class ShacHumanoid(ShacLocomotionEnv):
+    """64 observations (the authors' 76 with their 21 joints; Brax's humanoid has 17); reward
+    v_x + 0.1 up_z + heading + height term - 0.002 |a|^2; ends when the torso is below 0.74."""
+
+    name, xml_file, substeps, observation_size_ = "shac_humanoid", "humanoid.xml", 6, 64
+    termination_height = 0.74
+
+    def start_joints(self, key):
+        return torso_reset(self, key, joint_noise=0.2)
+
+    def observe(self, pipeline_state, last_action):
+        return torso_observation(pipeline_state, last_action)
+
+    def reward(self, obs, action):
+        joints = (self.sys.q_size() - 7) * 2  # joint positions and velocities sit before up_z
+        up, heading = obs[11 + joints], obs[12 + joints]
+        height = height_reward(jnp.clip(obs[0] - (self.termination_height + 0.1), -1.0, 0.1), scale=10.0)
+        return obs[5] + 0.1 * up + heading + height - 0.002 * jnp.sum(action**2)
+
+    def terminated(self, obs):
+        return obs[0] < self.termination_height
+
+
+class ShacHopper(ShacLocomotionEnv):
+    """11 observations (joint_q[1:], joint_qd); reward v_x + height term + (1 - (angle / (pi/6))^2)
+    - 0.1 |a|^2; ends when the torso has dropped 0.45 below its start."""
+
+    name, xml_file, substeps, observation_size_ = "shac_hopper", "hopper.xml", 8, 11
+    termination_height = -0.45  # root z relative to the start
+    termination_angle = math.pi / 6
+
+    def start_joints(self, key):
+        return planar_reset(self, key, noise=0.05, velocity_noise=0.05)
+
+    def observe(self, pipeline_state, last_action):
+        return jnp.concatenate([pipeline_state.q[1:], pipeline_state.qd])
+
+    def reward(self, obs, action):
+        height = height_reward(jnp.clip(obs[0] - (self.termination_height + 0.15), -1.0, 0.3), scale=1.0)
+        upright = 1.0 - obs[1] ** 2 / self.termination_angle**2
+        return obs[5] + height + upright - 0.1 * jnp.sum(action**2)
+
+    def terminated(self, obs):
+        return obs[0] < self.termination_height
+
+
+class ShacCheetah(ShacLocomotionEnv):
+    """17 observations (joint_q[1:], joint_qd); reward v_x - 0.1 |a|^2; no termination."""
+
+    name, xml_file, substeps, observation_size_ = "shac_cheetah", "half_cheetah.xml", 2, 17
+
+    def start_joints(self, key):
+        return planar_reset(self, key, noise=0.1, velocity_noise=0.25)
+
+    def observe(self, pipeline_state, last_action):
+        return jnp.concatenate([pipeline_state.q[1:], pipeline_state.qd])
+
+    def reward(self, obs, action):
+        return obs[8] - 0.1 * jnp.sum(action**2)
+
+
+SHAC_LOCOMOTION = {cls.name: cls for cls in (ShacAnt, ShacHopper, ShacCheetah, ShacHumanoid)}

@@ -1,0 +1,159 @@
+"""SHAC's tasks (docs/shac_tasks.md): registry and configs, the authors' observations, rewards and
+terminations checked by hand on constructed states (no physics compile), the cart-pole's reset, the
+experiment that sweeps them, and (slow) SHAC end to end on the MJX ant."""
+
+import json
+import math
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from diffrl.envs import REGISTRY, TASKS, make_env
+from diffrl.envs.shac_locomotion import ShacAnt, ShacCheetah, ShacHopper, ShacHumanoid, torso_observation
+from diffrl.experiment import algorithm_options
+from diffrl.paper_results import SHAC_TASKS
+from diffrl.tables import paper_text
+
+from conftest import compose_train, compose_with_hydra
+
+
+def fake_state(q, qd, pos=(0.0, 0.0, 0.5), rot=(1.0, 0.0, 0.0, 0.0), vel=(0.0, 0.0, 0.0), ang=(0.0, 0.0, 0.0)):
+    """The fields of a Brax pipeline state the tasks read, for a torso (body 0) and joints."""
+    transform = types.SimpleNamespace(pos=jnp.asarray([pos]), rot=jnp.asarray([rot]))
+    motion = types.SimpleNamespace(vel=jnp.asarray([vel]), ang=jnp.asarray([ang]))
+    return types.SimpleNamespace(x=transform, xd=motion, q=jnp.asarray(q), qd=jnp.asarray(qd))
+
+
+@pytest.mark.parametrize("task", SHAC_TASKS)
+def test_every_shac_task_is_registered_with_its_config_and_observation_size(task):
+    cfg = compose_train(f"env={task}", "algo=shac")
+    assert cfg.env.name == task and task in REGISTRY
+    env = make_env(task, cfg.env.backend)
+    traced = jax.eval_shape(env.reset, jax.random.PRNGKey(0))  # traces the real reset, compiles nothing
+    assert traced.obs.shape == (env.observation_size,)
+    expected = {"shac_cartpole": 5, "shac_ant": 37, "shac_hopper": 11, "shac_cheetah": 17, "shac_humanoid": 64}
+    assert env.observation_size == expected[task]
+    assert env.dt == pytest.approx(1 / 60)
+    assert cfg.env.episode_length == (240 if task == "shac_cartpole" else 1000)
+
+
+def test_the_ant_observation_has_the_authors_layout():
+    """Height, quaternion, velocities, joints, 0.1 x joint velocities, up_z, heading to +x, last action."""
+    yaw = 0.3  # turned left by 0.3 rad about z: heading towards +x is cos(0.3), still upright
+    rot = (math.cos(yaw / 2), 0.0, 0.0, math.sin(yaw / 2))
+    q = jnp.concatenate([jnp.array([0.0, 0.0, 0.6, *rot]), jnp.arange(8.0)])
+    qd = jnp.concatenate([jnp.zeros(6), 10.0 * jnp.ones(8)])
+    state = fake_state(q, qd, pos=(0.0, 0.0, 0.6), rot=rot, vel=(1.5, 0.0, 0.0), ang=(0.0, 0.0, 0.2))
+    obs = torso_observation(state, last_action=-jnp.ones(8))
+    assert obs.shape == (37,)
+    np.testing.assert_allclose(obs[0], 0.6)
+    np.testing.assert_allclose(obs[1:5], rot, atol=1e-7)
+    np.testing.assert_allclose(obs[5:8], [1.5, 0, 0])
+    np.testing.assert_allclose(obs[8:11], [0, 0, 0.2])
+    np.testing.assert_allclose(obs[11:19], np.arange(8.0))
+    np.testing.assert_allclose(obs[19:27], 1.0)
+    np.testing.assert_allclose(obs[27], 1.0, atol=1e-6)  # up_z
+    np.testing.assert_allclose(obs[28], math.cos(yaw), atol=1e-6)
+    np.testing.assert_allclose(obs[29:], -1.0)
+
+
+def test_the_ant_reward_and_termination_are_the_authors():
+    env = ShacAnt.__new__(ShacAnt)  # reward and termination read only the observation
+    obs = jnp.zeros(37).at[0].set(0.5).at[5].set(2.0).at[27].set(0.9).at[28].set(0.7)
+    np.testing.assert_allclose(env.reward(obs, jnp.ones(8)), 2.0 + 0.09 + 0.7 + (0.5 - 0.27), rtol=1e-6)
+    assert not env.terminated(obs) and env.terminated(obs.at[0].set(0.26))
+
+
+def test_the_hopper_reward_shapes_height_and_angle_and_ends_below_the_start():
+    env = ShacHopper.__new__(ShacHopper)
+    action = jnp.array([1.0, -1.0, 0.5])  # |a|^2 = 2.25
+    above = jnp.zeros(11).at[0].set(0.1).at[1].set(0.2).at[5].set(1.3)  # z 0.1: d = clip(0.4) = 0.3
+    expected = 1.3 + 0.3 + (1 - 0.2**2 / (math.pi / 6) ** 2) - 0.225
+    np.testing.assert_allclose(env.reward(above, action), expected, rtol=1e-6)
+    below = above.at[0].set(-0.4)  # d = -0.1: -200 d^2 = -2
+    np.testing.assert_allclose(env.reward(below, action), expected - 0.3 - 2.0, atol=1e-6)
+    assert not env.terminated(below) and env.terminated(below.at[0].set(-0.46))
+
+
+def test_the_cheetah_pays_forward_speed_minus_effort_and_never_ends():
+    env = ShacCheetah.__new__(ShacCheetah)
+    obs = jnp.zeros(17).at[8].set(3.0)
+    np.testing.assert_allclose(env.reward(obs, jnp.ones(6)), 3.0 - 0.6, rtol=1e-6)
+    assert not env.terminated(obs.at[0].set(-5.0))
+
+
+def test_the_humanoid_reward_reads_up_and_heading_after_its_17_joints():
+    env = make_env("shac_humanoid", "generalized")  # builds the system (17 joints), compiles nothing
+    assert isinstance(env, ShacHumanoid) and env.action_size == 17
+    obs = jnp.zeros(64).at[0].set(1.0).at[5].set(1.0).at[45].set(1.0).at[46].set(0.5)
+    # height 1.0: d = clip(0.16, max 0.1) = 0.1, paid 10 d = 1
+    np.testing.assert_allclose(env.reward(obs, jnp.zeros(17)), 1.0 + 0.1 + 0.5 + 1.0, rtol=1e-6)
+    low = obs.at[0].set(0.8)  # d = -0.04: -200 d^2 = -0.32
+    np.testing.assert_allclose(env.reward(low, jnp.ones(17)), 1.0 + 0.1 + 0.5 - 0.32 - 0.034, rtol=1e-5)
+    assert not env.terminated(low) and env.terminated(low.at[0].set(0.7))
+
+
+def test_the_cartpole_starts_hanging_with_the_authors_noise_and_pays_their_cost():
+    task = TASKS["shac_cartpole"]
+    q, qd = jax.vmap(task.start_joints)(jax.random.split(jax.random.PRNGKey(0), 4096))
+    # U(+-pi/2) on the cart's position and the pole's angle around (0, -pi); U(+-0.25) on both velocities
+    assert np.all(np.abs(q[:, 0]) <= math.pi / 2) and np.abs(q[:, 0]).max() > 1.5
+    assert np.all(np.abs(q[:, 1] + math.pi) <= math.pi / 2) and np.abs(q[:, 1] + math.pi).max() > 1.5
+    assert np.all(np.abs(qd) <= 0.25) and np.abs(qd).max() > 0.24
+    obs = task.observe(jnp.array([0.5, -math.pi]), jnp.array([0.1, 2.0]))
+    np.testing.assert_allclose(obs, [0.5, 0.1, 0.0, -1.0, 2.0], atol=1e-6)
+    reward = task.reward(jnp.array([0.5, 1.5 * math.pi]), jnp.array([0.1, 2.0]))  # theta wraps to -pi/2
+    np.testing.assert_allclose(reward, -((math.pi / 2) ** 2 + 0.4 + 0.0125 + 0.001), rtol=1e-6)
+
+
+def test_the_tuned_configs_carry_the_papers_hyperparameters():
+    hopper = compose_train("env=shac_hopper", "algo=shac")
+    assert hopper.algo.num_envs == 256 and hopper.algo.critic_learning_rate == 2e-4
+    humanoid = compose_train("env=shac_humanoid", "algo=shac", "budget=paper")
+    assert humanoid.algo.target_alpha == 0.995 and list(humanoid.policy.hidden_sizes) == [256, 128]
+    assert algorithm_options(humanoid)[1] == 2000
+    assert algorithm_options(compose_train("env=shac_cartpole", "algo=shac", "budget=paper"))[1] == 500
+    # PPO at the paper budget gets SHAC's samples: 2000 epochs x 256 envs x 32 steps on the hopper
+    assert algorithm_options(compose_train("env=shac_hopper", "algo=ppo", "budget=paper"))[1] == 16_384_000
+    options, iterations = algorithm_options(compose_train("env=shac_ant", "algo=bptt"))
+    assert options["num_envs"] == 16 and iterations == 6
+    override = compose_train("env=shac_ant", "algo=shac", "algo.num_envs=8")
+    assert override.algo.num_envs == 8  # the command line wins over the tuned file
+
+
+def test_the_fig4_experiment_sweeps_four_algorithms_over_the_five_tasks_with_paper_readings():
+    cfg = compose_with_hydra("experiment=shac_fig4", "env=shac_ant", "algo=shac")
+    assert cfg.num_seeds == 2 and compose_train("experiment=shac_fig4", "budget=paper").num_seeds == 5
+    assert cfg.hydra.sweeper.params.algo == "shac,bptt,ppo,sac"
+    assert cfg.hydra.sweeper.params.env.split(",") == list(SHAC_TASKS)
+    assert paper_text("shac", "shac_ant", "shac_fig4") == "≈ 7500"
+    assert paper_text("shac", "shac_hopper", "shac_fig4") == "–"
+
+
+@pytest.mark.slow
+def test_shac_trains_and_evaluates_on_the_mjx_ant(tmp_path):
+    """~6 min on 2 cores, mostly compiling the MJX programs (train chunk, evaluation)."""
+    from diffrl.eval_run import evaluate_run
+    from diffrl.run import train
+
+    cfg = compose_train(
+        "env=shac_ant",
+        "algo=shac",
+        "iterations=2",
+        "num_seeds=1",
+        "algo.num_envs=8",
+        "eval.episodes=2",
+        "env.episode_length=100",
+        "logger.wandb.enabled=false",
+        "logger.console.progress_bar=false",
+    )
+    summary = train(cfg, tmp_path)
+    assert summary["status"] == "completed" and summary["env_steps_per_seed"] == 2 * 8 * 32
+    assert np.isfinite(summary["final_return"]["mean"])
+    assert (tmp_path / "checkpoints").is_dir()  # MJX's zero-size arrays are checkpointed
+    evaluate_run(tmp_path, episodes=2)
+    result = json.loads((tmp_path / "eval.json").read_text())
+    assert np.isfinite(result["return"]["mean"])

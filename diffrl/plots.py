@@ -1,5 +1,6 @@
 """Learning curves from sweep directories: per task, return against env steps and against wall clock,
-one line per algorithm (mean across seeds) with a ±1 std band. PNG and SVG, matplotlib.
+one line per algorithm (mean across seeds) with a ±1 std band; and one overview of every task (a column
+per task, env steps above, wall clock below, as the SHAC paper's Fig. 4). PNG and SVG, matplotlib.
 
 Reads each job's ``metrics.jsonl``: diffrl's jitted runners write one row per chunk with a per-seed
 ``return`` list; the external trainers (diffrl/baselines) write one row per report with ``seed_index``.
@@ -14,7 +15,7 @@ from collections import defaultdict
 import numpy as np
 import yaml
 
-from diffrl.paper_results import ALGO_TITLES, TASK_TITLES
+from diffrl.paper_results import ALGO_TITLES, TASK_TITLES, TASKS
 
 AXES = (("env_steps", "env steps per seed"), ("wall_time_s", "wall clock (s)"))
 GRID_POINTS = 200
@@ -64,14 +65,8 @@ def load_sweeps(sweep_dirs: list[pathlib.Path]) -> dict[str, dict[str, list[dict
     return curves
 
 
-def plot_task(task: str, curves_by_algo: dict[str, list], out_dir: pathlib.Path) -> list[pathlib.Path]:
-    """One figure per task, return vs env steps (left) and vs wall clock (right); writes PNG and SVG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+def draw_task(axes, curves_by_algo: dict[str, list]) -> None:
+    """Return vs env steps on ``axes[0]`` and vs wall clock on ``axes[1]``, one line per algorithm."""
     for algo, curves in sorted(curves_by_algo.items()):
         curves = [c for c in curves if len(c["return"])]
         if not curves:
@@ -90,15 +85,49 @@ def plot_task(task: str, curves_by_algo: dict[str, list], out_dir: pathlib.Path)
         ax.set_ylabel("return")
         ax.grid(alpha=0.3)
     axes[0].legend(loc="best", fontsize="small")
-    fig.suptitle(f"{TASK_TITLES.get(task, task)}: mean ± std across seeds")
-    paths = [out_dir / f"curves_{task}.{ext}" for ext in ("png", "svg")]
+
+
+def save(fig, out_dir: pathlib.Path, stem: str) -> list[pathlib.Path]:
+    import matplotlib.pyplot as plt
+
+    paths = [out_dir / f"{stem}.{ext}" for ext in ("png", "svg")]
     for path in paths:
         fig.savefig(path, dpi=120)
     plt.close(fig)
     return paths
 
 
+def plot_task(task: str, curves_by_algo: dict[str, list], out_dir: pathlib.Path) -> list[pathlib.Path]:
+    """One figure per task, return vs env steps (left) and vs wall clock (right); writes PNG and SVG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+    draw_task(axes, curves_by_algo)
+    fig.suptitle(f"{TASK_TITLES.get(task, task)}: mean ± std across seeds")
+    return save(fig, out_dir, f"curves_{task}")
+
+
+def plot_overview(curves: dict[str, dict[str, list]], out_dir: pathlib.Path) -> list[pathlib.Path]:
+    """Every task side by side: a column per task, return vs env steps (top) and vs wall clock (bottom)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = sorted(curves, key=lambda t: TASKS.index(t) if t in TASKS else len(TASKS))
+    fig, axes = plt.subplots(2, len(tasks), figsize=(4.5 * len(tasks), 7), constrained_layout=True, squeeze=False)
+    for column, task in enumerate(tasks):
+        draw_task(axes[:, column], curves[task])
+        axes[0, column].set_title(TASK_TITLES.get(task, task))
+    fig.suptitle("return: mean ± std across seeds")
+    return save(fig, out_dir, "curves_all")
+
+
 def write_plots(sweep_dirs: list[pathlib.Path], out_dir: pathlib.Path) -> list[pathlib.Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     curves = load_sweeps(sweep_dirs)
-    return [path for task in sorted(curves) for path in plot_task(task, curves[task], out_dir)]
+    paths = [path for task in sorted(curves) for path in plot_task(task, curves[task], out_dir)]
+    return paths + (plot_overview(curves, out_dir) if len(curves) > 1 else [])

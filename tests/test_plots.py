@@ -51,6 +51,8 @@ def test_plots_are_written_as_png_and_svg(tmp_path):
     assert names == [
         "curves_acrobot.png",
         "curves_acrobot.svg",
+        "curves_all.png",  # every task side by side (a column each)
+        "curves_all.svg",
         "curves_cartpole_swingup.png",
         "curves_cartpole_swingup.svg",
     ]

@@ -35,13 +35,13 @@ def final_returns(tmp_path: pathlib.Path, *overrides: str) -> np.ndarray:
 
 def test_shac_learns_shacs_cartpole_and_a_flipped_objective_unlearns_it(tmp_path, monkeypatch):
     """SHAC's own task with the paper's hyperparameters (conf/tuned/shac_cartpole_shac.yaml), 16 envs.
-    Measured (2 seeds, 4 episodes each; a random policy
-    scores about -5000): untrained -7665 / -2096, after 100 iterations (51,200 env steps per seed)
+    Measured (2 seeds, 4 episodes each; uniformly random
+    actions score -2007 ± 372): untrained -7665 / -2096, after 100 iterations (51,200 env steps per seed)
     -1540 / -1322; the same run maximising minus the objective -92042 / -63526 (the cart runs away)."""
     learn = ("env=shac_cartpole", "iterations=100")
     untrained = final_returns(tmp_path / "untrained", *learn[:1], "iterations=1")
     trained = final_returns(tmp_path / "trained", *learn)
-    assert np.all(trained > untrained + 500) and np.all(trained > -2500), (untrained, trained)
+    assert np.all(trained > untrained + 500) and np.all(trained > -2000), (untrained, trained)  # random: -2007
     objective = shac.short_horizon_objective
     monkeypatch.setattr(shac, "short_horizon_objective", lambda *args: -objective(*args))
     flipped = final_returns(tmp_path / "flipped", *learn)

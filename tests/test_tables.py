@@ -110,11 +110,12 @@ def test_a_task_with_no_job_of_one_algo_is_missing(tmp_path):
     assert cells[("cem", "acrobot")].mean == 6.0
 
 
-def test_paper_results_cover_both_tables():
+def test_paper_results_cover_both_tables_and_the_shac_figure():
     assert paper_result("ce_apg", "acrobot") == (3053.0, 458.0)
     assert paper_result("cem", "double_pendulum_swingup", "table2") == (-2.7e5, 7.6e5)
     assert paper_result("cem", "acrobot", "table1") is None
-    assert len(PAPER_RESULTS) == 3 * (4 + 3)
+    assert paper_result("shac", "shac_ant", "shac_fig4") == (7500.0, None)  # a reading of a curve: no std
+    assert len(PAPER_RESULTS) == 3 * (4 + 3) + 7
     assert format_number(-3.9e5) == "-3.9e5" and format_number(-355.0) == "-355"
 
 

@@ -32,6 +32,7 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from diffrl.experiment import configure_jax, machine_description  # noqa: E402
 from diffrl.paper_results import SHAC_TASKS  # noqa: E402
 from diffrl.run import build_experiment  # noqa: E402
+from diffrl.tables import format_duration  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "shac.md"
@@ -71,7 +72,7 @@ def measure(task: str, repeats: int) -> dict:
         "steps_per_s": steps / iteration_s,
         "compile_s": compile_s,
         "paper_iterations": exp.iterations,
-        "paper_hours": exp.iterations * iteration_s / 3600,
+        "paper_s": exp.iterations * iteration_s,
         "finite": bool(jax.numpy.isfinite(metrics["grad_norm"])),
     }
 
@@ -84,7 +85,7 @@ def markdown(rows: list[dict]) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        budget = f"{r['paper_iterations']} it = {r['paper_hours']:.1f} h"
+        budget = f"{r['paper_iterations']} it = {format_duration(r['paper_s'])}"
         lines.append(
             f"| {r['task']} | {r['backend']} | {r['envs']} | {r['iteration_s']:.3f} | {r['steps_per_s']:,.0f} | "
             f"{r['compile_s']:.0f} | {budget} | {r['finite']} |"

@@ -152,11 +152,10 @@ def planar_reset(env: PipelineEnv, key: jax.Array, noise: float, velocity_noise:
     return q, uniform(k_qd, (env.sys.qd_size(),), velocity_noise)
 
 
-class ShacAnt(ShacLocomotionEnv):
-    """37 observations; reward v_x + 0.1 up_z + heading + (h - 0.27); ends when the torso is below 0.27."""
+class FloatingTorsoEnv(ShacLocomotionEnv):
+    """Ant and Humanoid: a free torso, observed by ``torso_observation``, ending below a height."""
 
-    name, xml_file, substeps, observation_size_ = "shac_ant", "ant.xml", 2, 37
-    termination_height = 0.27
+    termination_height: float
 
     def start_joints(self, key):
         return torso_reset(self, key, joint_noise=0.2)
@@ -164,34 +163,32 @@ class ShacAnt(ShacLocomotionEnv):
     def observe(self, pipeline_state, last_action):
         return torso_observation(pipeline_state, last_action)
 
-    def reward(self, obs, action):
-        return obs[5] + 0.1 * obs[27] + obs[28] + (obs[0] - self.termination_height)
-
     def terminated(self, obs):
         return obs[0] < self.termination_height
 
 
-class ShacHumanoid(ShacLocomotionEnv):
+class ShacAnt(FloatingTorsoEnv):
+    """37 observations; reward v_x + 0.1 up_z + heading + (h - 0.27); ends when the torso is below 0.27."""
+
+    name, xml_file, substeps, observation_size_ = "shac_ant", "ant.xml", 2, 37
+    termination_height = 0.27
+
+    def reward(self, obs, action):
+        return obs[5] + 0.1 * obs[27] + obs[28] + (obs[0] - self.termination_height)
+
+
+class ShacHumanoid(FloatingTorsoEnv):
     """64 observations (the authors' 76 with their 21 joints; Brax's humanoid has 17); reward
     v_x + 0.1 up_z + heading + height term - 0.002 |a|^2; ends when the torso is below 0.74."""
 
     name, xml_file, substeps, observation_size_ = "shac_humanoid", "humanoid.xml", 6, 64
     termination_height = 0.74
 
-    def start_joints(self, key):
-        return torso_reset(self, key, joint_noise=0.2)
-
-    def observe(self, pipeline_state, last_action):
-        return torso_observation(pipeline_state, last_action)
-
     def reward(self, obs, action):
         joints = (self.sys.q_size() - 7) * 2  # joint positions and velocities sit before up_z
         up, heading = obs[11 + joints], obs[12 + joints]
         height = height_reward(jnp.clip(obs[0] - (self.termination_height + 0.1), -1.0, 0.1), scale=10.0)
         return obs[5] + 0.1 * up + heading + height - 0.002 * jnp.sum(action**2)
-
-    def terminated(self, obs):
-        return obs[0] < self.termination_height
 
 
 class ShacHopper(ShacLocomotionEnv):

@@ -208,7 +208,7 @@ def check_terminating_run(summary, run_dir):
     assert summary["env"] == "inverted_pendulum" and summary["seeds"] == "sequential"
     assert np.isfinite(summary["final_return"]["mean"])
     length = summary["final_episode_length"]["mean"]
-    assert 1 <= length <= PENDULUM_LIMIT
+    assert 1 <= length < PENDULUM_LIMIT  # a briefly trained policy drops the pole: the episode ends early
     # The pendulum pays 1 per step alive: the return counts the steps up to the episode's end, none after.
     assert summary["final_return"]["mean"] == pytest.approx(length)
     assert summary["effective"]["algo"]["episode_length"] == PENDULUM_LIMIT
@@ -243,7 +243,7 @@ def test_ppo_on_a_terminating_brax_task_through_the_command_line_with_a_replay(t
     run_diffrl("eval", f"run_dir={run_dir}", "episodes=2", "html=true", cwd=tmp_path)
     result = json.loads((run_dir / "eval.json").read_text())
     assert all(1 <= n <= PENDULUM_LIMIT for n in result["length_per_episode"][0])
-    assert 1 <= result["replay"]["frames"] <= PENDULUM_LIMIT  # the replay stops where its episode ended
+    assert 1 <= result["replay"]["frames"] < PENDULUM_LIMIT  # the replay stops where its episode ended
     assert (run_dir / "replay.html").stat().st_size > 1000
 
 

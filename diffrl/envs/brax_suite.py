@@ -6,6 +6,12 @@ import jax
 from brax.envs.base import Env, Wrapper
 
 
+def replay_as_is(env: Env, pipeline_states):
+    """(system, pipeline states) for ``brax.io.html.render`` of a Brax ``PipelineEnv``, whose states
+    render as they are: its system with the control step as the frame time."""
+    return env.sys.tree_replace({"opt.timestep": env.dt}), pipeline_states
+
+
 class BraxSuiteEnv(Wrapper):
     """A Brax task as it is, plus a cheap ``observation_size`` and the replay hook.
 
@@ -22,5 +28,4 @@ class BraxSuiteEnv(Wrapper):
         return self._observation_size
 
     def replay(self, pipeline_states):
-        """(system, pipeline states) for ``brax.io.html.render``: Brax's states render as they are."""
-        return self.env.sys.tree_replace({"opt.timestep": self.env.dt}), pipeline_states
+        return replay_as_is(self.env, pipeline_states)

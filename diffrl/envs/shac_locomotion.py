@@ -23,6 +23,8 @@ from brax.envs.base import PipelineEnv, State
 from brax.io import mjcf
 from etils import epath
 
+from diffrl.envs.brax_suite import replay_as_is
+
 CONTROL_DT = 1.0 / 60.0
 TARGET_X = 10000.0  # the authors' far-away target straight ahead: heading reward = cos(angle to +x)
 
@@ -98,8 +100,7 @@ class ShacLocomotionEnv(PipelineEnv):
         return self.observation_size_  # static: Brax's default runs an uncompiled reset to read a shape
 
     def replay(self, pipeline_states):
-        """(system, pipeline states) for ``brax.io.html.render``."""
-        return self.sys.tree_replace({"opt.timestep": self.dt}), pipeline_states
+        return replay_as_is(self, pipeline_states)
 
 
 def torso_observation(pipeline_state, last_action: jax.Array) -> jax.Array:

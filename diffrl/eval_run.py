@@ -30,11 +30,14 @@ def load_run_config(run_dir: pathlib.Path):
 def write_replay(exp, params, normalizer, key, path: pathlib.Path) -> int:
     """An HTML replay of one episode through Brax's viewer; returns the episode's length.
 
+    The page is self-contained (``diffrl.viewer.render_offline``: three.js, lil-gui and Brax's viewer are inlined),
+    so it renders without a network.
+
     The episode stops at its end: the frames after a termination are not shown. The env's ``replay``
     hook turns its pipeline states into something Brax's renderer draws (the swing-up tasks convert
     any backend's (q, qd) to maximal coordinates; Brax's own tasks render as they are).
     """
-    from brax.io import html
+    from diffrl.viewer import render_offline
 
     trajectory = jax.jit(
         lambda p, n, k: episode(
@@ -44,7 +47,7 @@ def write_replay(exp, params, normalizer, key, path: pathlib.Path) -> int:
     length = max(int(np.sum(jax.device_get(trajectory.alive))), 1)
     sys, states = exp.env.replay(trajectory.pipeline_state)
     frames = [jax.tree.map(lambda x, i=i: x[i], states) for i in range(length)]
-    path.write_text(html.render(sys, frames))
+    path.write_text(render_offline(sys, frames))
     return length
 
 

@@ -16,6 +16,7 @@ import pathlib
 import sys
 
 import yaml
+from omegaconf import OmegaConf
 
 CONF_DIR = pathlib.Path(__file__).resolve().parents[1] / "conf"
 COMMANDS = {
@@ -42,6 +43,16 @@ LAUNCHER_PLUGINS = {
 
 class UsageError(Exception):
     pass
+
+
+def job_suffix(override_dirname: str) -> str:
+    """``_<the job's other overrides>`` for a sweep job's directory name (``""`` when there are none), so
+    that every job of a sweep over seeds or hyperparameters gets a directory of its own."""
+    return "_" + override_dirname.replace("/", "_") if override_dirname else ""
+
+
+if not OmegaConf.has_resolver("job_suffix"):  # a submitit job imports this module again
+    OmegaConf.register_new_resolver("job_suffix", job_suffix)
 
 
 def usage() -> str:
@@ -80,6 +91,41 @@ def check_plugin_installed(launcher: str) -> None:
     module, extra = LAUNCHER_PLUGINS[launcher]
     if importlib.util.find_spec(module) is None:
         raise UsageError(f'launcher={launcher} needs its Hydra plugin: pip install -e ".[{extra}]"')
+
+
+# Launchers that run every job of a sweep in this process or in reused worker processes, where JAX's
+# platform, fixed by the first job, cannot change; and launchers that give each job its own process and
+# ask for its devices (hydra.launcher.gpus_per_node).
+SHARED_PROCESS_LAUNCHERS = ("local", "joblib")
+SUBMITIT_LAUNCHERS = ("slurm", "submitit_local")
+
+
+def override_values(overrides: list[str], key: str, default: str) -> list[str]:
+    """The values an override gives ``key`` (a comma list in a sweep), or ``[default]``."""
+    given = [o.lstrip("+~").partition("=")[2] for o in overrides if o.lstrip("+~").partition("=")[0] == key]
+    return given[-1].split(",") if given else [default]
+
+
+def check_launch(overrides: list[str]) -> None:
+    """Sweeps that cannot run as asked, refused before Hydra launches anything."""
+    if not {"-m", "--multirun"} & set(overrides):
+        return
+    launcher = override_values(overrides, "launcher", "local")[-1]
+    hardware = sorted(set(override_values(overrides, "hardware", "cpu")))
+    if len(hardware) > 1 and launcher in SHARED_PROCESS_LAUNCHERS:
+        raise UsageError(
+            f"-m hardware={','.join(hardware)} with launcher={launcher}: the jobs share processes, and JAX's "
+            "platform cannot change inside one; use launcher=submitit_local or launcher=slurm (a process per "
+            "job), or one sweep per hardware"
+        )
+    if "gpu" in hardware and launcher in SUBMITIT_LAUNCHERS:
+        default = yaml.safe_load((CONF_DIR / "launcher" / f"{launcher}.yaml").read_text())["hydra"]["launcher"]
+        gpus = override_values(overrides, "hydra.launcher.gpus_per_node", str(default["gpus_per_node"]))[-1]
+        if not gpus.isdigit() or int(gpus) < 1:
+            raise UsageError(
+                f"hardware=gpu with launcher={launcher} asks for no GPU per job (hydra.launcher.gpus_per_node="
+                f"{gpus}): add hydra.launcher.gpus_per_node=1, or use hardware=cpu"
+            )
 
 
 def expand_resume(overrides: list[str]) -> list[str]:
@@ -121,6 +167,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         check_group_choices(rest)
         if command == "train":
+            check_launch(rest)
             rest = expand_resume(rest)
     except UsageError as err:
         print(f"diffrl {command}: error: {err}", file=sys.stderr)

@@ -6,6 +6,7 @@ import argparse
 import pathlib
 import sys
 
+from diffrl.paper_results import PAPERS
 from diffrl.tables import METRICS, write_tables
 
 
@@ -21,7 +22,7 @@ def main(argv: list[str] | None = None) -> None:
         "final_train_return: the last training return (what the paper reports)",
     )
     parser.add_argument(
-        "--paper", choices=("table1", "table2"), help="paper table to compare with (default: the sweep's experiment)"
+        "--paper", choices=sorted(PAPERS), help="paper table to compare with (default: the sweep's experiment)"
     )
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     for sweep_dir in args.sweep_dirs:

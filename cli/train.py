@@ -38,17 +38,18 @@ def write_failed_summary(cfg: DictConfig, run_dir: pathlib.Path, err: BaseExcept
 def main(cfg: DictConfig) -> float:
     import jax
 
-    from diffrl.experiment import check_config
+    from diffrl.experiment import check_config, check_run_dir_is_free
     from diffrl.run import TrainingDiverged, train
 
     hydra_cfg = HydraConfig.get()
     run_dir = pathlib.Path(hydra_cfg.runtime.output_dir)
-    if hydra_cfg.mode == RunMode.RUN:
-        try:  # an impossible combination: one line, before anything is built or compiled
+    try:  # one line, before anything is built or compiled; in a sweep, a taken directory stops the sweep
+        check_run_dir_is_free(cfg, run_dir)
+        if hydra_cfg.mode == RunMode.RUN:  # a sweep records an impossible job as failed and goes on
             check_config(cfg)
-        except ValueError as err:
-            print(f"diffrl train: error: {err}", file=sys.stderr)
-            sys.exit(2)
+    except ValueError as err:
+        print(f"diffrl train: error: {err}", file=sys.stderr)
+        sys.exit(2)
     try:
         summary = train(cfg, run_dir)
     except Exception as err:

@@ -25,7 +25,7 @@ from brax.envs.base import Env
 from omegaconf import DictConfig, OmegaConf
 
 from diffrl.algos import DETERMINISTIC_POLICY_ALGOS, check_policy
-from diffrl.baselines import EXTERNAL_TRAINERS
+from diffrl.baselines import EXTERNAL_TRAINERS, TORCH_TRAINERS
 from diffrl.envs import check_backend, make_env
 from diffrl.envs.wrappers import InjectNaN
 from diffrl.loggers import JsonlSink, MetricLogger, WandbSink, to_jsonable
@@ -78,6 +78,24 @@ def configure_jax(hardware: DictConfig) -> None:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
+class RunDirInUse(ConfigError):
+    """The run directory already holds another run's results, and this run is not resuming it."""
+
+
+def check_run_dir_is_free(cfg: DictConfig, run_dir: pathlib.Path) -> None:
+    """A new run never overwrites another run's metrics, summary or checkpoints (e.g. a sweep rerun into
+    the same directories): it stops before any work and says how to continue or move the old run."""
+    if cfg.get("resume"):
+        return
+    names = ("summary.json", cfg.logger.jsonl.filename, "checkpoints")
+    taken = [name for name in names if (pathlib.Path(run_dir) / name).exists()]
+    if taken:
+        raise RunDirInUse(
+            f"{run_dir} already holds a run ({', '.join(taken)}); a new run never overwrites another's files: "
+            f"continue it with `diffrl train resume={run_dir}`, or move it away and run again"
+        )
+
+
 def is_external(cfg: DictConfig) -> bool:
     """PPO, SAC, Brax APG, SB3: agents with their own training loop and their own networks."""
     return cfg.algo.name in EXTERNAL_TRAINERS
@@ -97,6 +115,11 @@ def check_config(cfg: DictConfig) -> None:
             raise ConfigError(
                 f"env.inject_nan_after works with diffrl's own algorithms, not algo={cfg.algo.name} "
                 "(its trainer would never see the NaN guard it tests)"
+            )
+        if cfg.algo.name in TORCH_TRAINERS and cfg.hardware.platform != "cpu":
+            raise ConfigError(
+                f"algo={cfg.algo.name} trains with PyTorch's CPU build (the one torch diffrl installs), not on "
+                f"platform {cfg.hardware.platform!r}: use hardware=cpu, or Brax's JAX agents algo=ppo|sac"
             )
         return
     if policy is None:
@@ -232,7 +255,9 @@ def machine_description() -> str:
                 break
     except OSError:
         pass
-    return f"{cpu}, {os.cpu_count()} cores visible; jax {jax.__version__} on {jax.devices()[0].platform}"
+    device = jax.devices()[0]
+    accelerator = f" ({device.device_kind})" if device.platform != "cpu" else ""
+    return f"{cpu}, {os.cpu_count()} cores visible; jax {jax.__version__} on {device.platform}{accelerator}"
 
 
 def git_commit() -> str | None:
@@ -287,6 +312,7 @@ def build_summary(
         "compile_time_s": compile_time_s,
         "effective": effective,
         "versions": package_versions(),
+        "machine": machine_description(),  # what the wall clock was measured on (CPU model or GPU, cores)
         "git_commit": git_commit(),
         "run_dir": str(run_dir.absolute()),
     }

@@ -36,7 +36,8 @@ class Sink(Protocol):
 
 
 class JsonlSink:
-    """Appends one JSON object per call; on resume, drops lines past the restored step first."""
+    """Appends one JSON object per call; on resume, drops lines past the restored step first. A new run
+    never touches an existing file: it is another job's (a sweep whose job directories collide)."""
 
     def __init__(self, path: pathlib.Path, resume_step: int | None = None):
         self.path = path
@@ -44,7 +45,7 @@ class JsonlSink:
             kept = [line for line in path.read_text().splitlines() if json.loads(line)["iteration"] <= resume_step]
             path.write_text("".join(line + "\n" for line in kept))
         elif path.exists():
-            path.unlink()
+            raise FileExistsError(f"{path} exists and this run is not resuming it: it belongs to another run")
         self._file = path.open("a")
 
     def log(self, metrics: dict[str, Any], step: int) -> None:

@@ -15,7 +15,8 @@ from collections import defaultdict
 import numpy as np
 import yaml
 
-from diffrl.paper_results import ALGO_TITLES, TASK_TITLES, TASKS
+from diffrl.paper_results import TASK_TITLES, TASKS
+from diffrl.tables import job_variants, row_title
 
 AXES = (("env_steps", "env steps per seed"), ("wall_time_s", "wall clock (s)"))
 GRID_POINTS = 200
@@ -51,23 +52,24 @@ def mean_band(curves: list[dict[str, np.ndarray]], x_key: str) -> tuple[np.ndarr
     return x, np.nanmean(ys, axis=0), np.nanstd(ys, axis=0)
 
 
-def load_sweeps(sweep_dirs: list[pathlib.Path]) -> dict[str, dict[str, list[dict[str, np.ndarray]]]]:
-    """task -> algo -> per-seed curves, over every job directory that has metrics."""
-    curves: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
-    for sweep_dir in sweep_dirs:
-        for metrics_file in sorted(sweep_dir.rglob("metrics.jsonl")):
-            config_file = metrics_file.parent / ".hydra" / "config.yaml"
-            if not config_file.is_file():
-                continue
-            config = yaml.safe_load(config_file.read_text())
-            rows = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
-            curves[config["env"]["name"]][config["algo"]["name"]] += seed_curves(rows)
+def load_sweeps(sweep_dirs: list[pathlib.Path]) -> dict[str, dict[tuple[str, str], list[dict[str, np.ndarray]]]]:
+    """task -> (algo, variant) -> per-seed curves, over every job directory that has metrics; the variant
+    tells the rows of a hyperparameter sweep apart, as in ``diffrl table``."""
+    curves: dict[str, dict[tuple[str, str], list]] = defaultdict(lambda: defaultdict(list))
+    metrics_files = [f for d in sweep_dirs for f in sorted(d.rglob("metrics.jsonl"))]
+    metrics_files = [f for f in metrics_files if (f.parent / ".hydra" / "config.yaml").is_file()]
+    variants = job_variants([f.parent for f in metrics_files])
+    for metrics_file in metrics_files:
+        config = yaml.safe_load((metrics_file.parent / ".hydra" / "config.yaml").read_text())
+        rows = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
+        row = (config["algo"]["name"], variants[metrics_file.parent])
+        curves[config["env"]["name"]][row] += seed_curves(rows)
     return curves
 
 
-def draw_task(axes, curves_by_algo: dict[str, list]) -> None:
-    """Return vs env steps on ``axes[0]`` and vs wall clock on ``axes[1]``, one line per algorithm."""
-    for algo, curves in sorted(curves_by_algo.items()):
+def draw_task(axes, curves_by_algo: dict[tuple[str, str], list]) -> None:
+    """Return vs env steps on ``axes[0]`` and vs wall clock on ``axes[1]``, one line per (algo, variant)."""
+    for (algo, variant), curves in sorted(curves_by_algo.items()):
         curves = [c for c in curves if len(c["return"])]
         if not curves:
             continue
@@ -76,7 +78,7 @@ def draw_task(axes, curves_by_algo: dict[str, list]) -> None:
             (line,) = ax.plot(
                 x,
                 mean,
-                label=f"{ALGO_TITLES.get(algo, algo)} ({len(curves)} seeds)",
+                label=f"{row_title(algo, variant)} ({len(curves)} seeds)",
                 marker="o" if len(x) == 1 else None,
             )
             ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
@@ -97,7 +99,7 @@ def save(fig, out_dir: pathlib.Path, stem: str) -> list[pathlib.Path]:
     return paths
 
 
-def plot_task(task: str, curves_by_algo: dict[str, list], out_dir: pathlib.Path) -> list[pathlib.Path]:
+def plot_task(task: str, curves_by_algo: dict[tuple[str, str], list], out_dir: pathlib.Path) -> list[pathlib.Path]:
     """One figure per task, return vs env steps (left) and vs wall clock (right); writes PNG and SVG."""
     import matplotlib
 
@@ -110,7 +112,7 @@ def plot_task(task: str, curves_by_algo: dict[str, list], out_dir: pathlib.Path)
     return save(fig, out_dir, f"curves_{task}")
 
 
-def plot_overview(curves: dict[str, dict[str, list]], out_dir: pathlib.Path) -> list[pathlib.Path]:
+def plot_overview(curves: dict[str, dict[tuple[str, str], list]], out_dir: pathlib.Path) -> list[pathlib.Path]:
     """Every task side by side: a column per task, return vs env steps (top) and vs wall clock (bottom)."""
     import matplotlib
 

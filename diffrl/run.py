@@ -28,6 +28,7 @@ from diffrl.experiment import (
     build_policy,
     build_summary,
     check_config,
+    check_run_dir_is_free,
     configure_jax,
     effective_settings,
     evaluation_key,
@@ -57,6 +58,7 @@ def train(cfg: DictConfig, run_dir: pathlib.Path) -> dict[str, Any]:
     """Runs (or resumes) one training job into ``run_dir``; returns the summary it writes.
     The one place that chooses the loop: external trainers run their own, the rest compiled chunks."""
     check_config(cfg)
+    check_run_dir_is_free(cfg, pathlib.Path(run_dir))
     if is_external(cfg):
         from diffrl.baselines.runner import train_external  # imports torch for SB3: only when needed
 

@@ -1,8 +1,11 @@
 """Results tables from sweep directories: rows = algorithms, columns = tasks, cells = mean ± std over seeds
 (population std, as the papers), the paper's number beside each cell, env steps and wall clock per cell.
 
-A job that crashed or was killed is a ``failed`` cell with its reason; an (algo, task) pair the sweep asked
-for but that has no job directory is ``missing``. Nothing is dropped silently.
+Jobs of one (algorithm, task) pool their seeds: a sweep over ``seed=0,1`` gives one cell over both seed
+families. Jobs that differ in any other override (a hyperparameter sweep, ``algo.lr=0.01,0.1``) are rows of
+their own, labelled by the overrides that differ. A job that crashed or was killed is a ``failed`` cell with
+its reason; an (algo, task) pair the sweep asked for but that has no job directory is ``missing``. Nothing
+is dropped silently.
 """
 
 from __future__ import annotations
@@ -21,10 +24,16 @@ from diffrl.paper_results import ALGO_TITLES, EXPERIMENT_TABLES, PAPERS, TASK_TI
 METRICS = ("final_return", "final_train_return")  # diffrl's own final evaluation, or the last training return
 
 
+# Overrides that name a job's cell or leave its results unchanged; every other override that differs between
+# jobs makes a row of its own (the job-name rule of conf/train.yaml's override_dirname, plus these).
+IDENTITY_KEYS = ("env", "algo", "seed", "experiment", "launcher", "resume")
+
+
 @dataclasses.dataclass
 class Cell:
     algo: str
     task: str
+    variant: str = ""  # the overrides that set this row apart from the sweep's other rows, e.g. "algo.lr=0.1"
     status: str = "missing"  # completed | failed | missing
     per_seed: dict[tuple[int, int], float] = dataclasses.field(default_factory=dict)  # (seed, index): return
     env_steps_per_seed: float | None = None
@@ -32,6 +41,7 @@ class Cell:
     budget: str | None = None
     reason: str | None = None
     run_dirs: list[str] = dataclasses.field(default_factory=list)
+    eval_episodes: set[int] = dataclasses.field(default_factory=set)  # per seed, of the completed jobs
 
     @property
     def mean(self) -> float | None:
@@ -47,6 +57,42 @@ def job_dirs(sweep_dir: pathlib.Path) -> list[pathlib.Path]:
     found = {p.parents[1] for p in sweep_dir.rglob(".hydra/config.yaml")}
     found |= {p.parent for p in sweep_dir.rglob("summary.json")}
     return sorted(found)
+
+
+def job_overrides(job_dir: pathlib.Path) -> dict[str, str]:
+    """A job's command-line and sweep overrides (Hydra's ``overrides.yaml``), as key -> value."""
+    file = job_dir / ".hydra" / "overrides.yaml"
+    overrides = yaml.safe_load(file.read_text()) if file.is_file() else None
+    pairs = (str(o).lstrip("+~").partition("=") for o in overrides or [])
+    return {key: value for key, _, value in pairs if not key.startswith("hydra.")}
+
+
+def ignored_keys(job_dir: pathlib.Path) -> set[str]:
+    """Keys that never define a row: IDENTITY_KEYS and what the job's directory name leaves out."""
+    file = job_dir / ".hydra" / "hydra.yaml"
+    hydra = (yaml.safe_load(file.read_text()) or {}).get("hydra", {}) if file.is_file() else {}
+    excluded = hydra.get("job", {}).get("config", {}).get("override_dirname", {}).get("exclude_keys") or []
+    return (set(IDENTITY_KEYS) | set(excluded)) - {"budget"}
+
+
+def job_variants(job_dirs: list[pathlib.Path]) -> dict[pathlib.Path, str]:
+    """Each job's row label: its values of the overrides that differ between the jobs ("" when none do)."""
+    overrides = {job_dir: job_overrides(job_dir) for job_dir in job_dirs}
+    ignored = set().union(*(ignored_keys(job_dir) for job_dir in job_dirs)) if job_dirs else set()
+    keys = sorted({key for values in overrides.values() for key in values} - ignored)
+    differing = [k for k in keys if len({values.get(k) for values in overrides.values()}) > 1]
+    return {
+        job_dir: " ".join(f"{k}={values[k]}" for k in differing if k in values) for job_dir, values in overrides.items()
+    }
+
+
+def row_name(algo: str, variant: str) -> str:
+    return f"{algo} [{variant}]" if variant else algo
+
+
+def row_title(algo: str, variant: str) -> str:
+    title = ALGO_TITLES.get(algo, algo)
+    return f"{title} [{variant}]" if variant else title
 
 
 def last_error_line(log_file: pathlib.Path) -> str | None:
@@ -76,6 +122,7 @@ def read_job(job_dir: pathlib.Path, metric: str = "final_return") -> dict[str, A
         job["per_seed"] = {(seed, i): float("nan") if v is None else float(v) for i, v in enumerate(values)}
         job["env_steps_per_seed"] = summary.get("env_steps_per_seed")
         job["wall_clock_s"] = summary.get("wall_clock_s")
+        job["eval_episodes"] = summary.get("eval_episodes")
         if not values:
             job.update(status="failed", reason=f"summary.json has no {metric}")
     else:
@@ -109,32 +156,42 @@ def sweep_plan(sweep_dir: pathlib.Path) -> tuple[list[str], list[str], str | Non
 
 
 def collect_cells(sweep_dirs: list[pathlib.Path], metric: str = "final_return"):
-    """Cells keyed by (algo, task), the row and column order, and the paper table (if the sweeps name one).
+    """Cells keyed by (row, task), the rows as (algo, variant) in order, the tasks in order, and the paper
+    table (if the sweeps name one).
 
-    Jobs of the same (algo, task) pool their seeds (a seed seen twice keeps its last value); a completed job
+    Jobs of the same row and task pool their seeds (a seed seen twice keeps its last value); a completed job
     wins over a failed one, whose reason is kept only when nothing completed.
     """
-    algos: list[str] = []
+    rows: list[tuple[str, str]] = []
     tasks: list[str] = []
     table = None
     cells: dict[tuple[str, str], Cell] = {}
+    all_jobs = [job_dir for sweep_dir in sweep_dirs for job_dir in job_dirs(sweep_dir)]
+    variants = job_variants(all_jobs)
     for sweep_dir in sweep_dirs:
         plan_algos, plan_tasks, plan_table = sweep_plan(sweep_dir)
         table = table or plan_table
-        algos += [a for a in plan_algos if a not in algos]
+        rows += [(a, "") for a in plan_algos if (a, "") not in rows]
         tasks += [t for t in plan_tasks if t not in tasks]
-        for job_dir in job_dirs(sweep_dir):
-            job = read_job(job_dir, metric)
-            if not job["algo"] or not job["task"]:
-                continue
-            algos += [job["algo"]] if job["algo"] not in algos else []
-            tasks += [job["task"]] if job["task"] not in tasks else []
-            add_job(cells.setdefault((job["algo"], job["task"]), Cell(job["algo"], job["task"])), job)
+    for job_dir in all_jobs:
+        job = read_job(job_dir, metric)
+        if not job["algo"] or not job["task"]:
+            continue
+        row = (job["algo"], variants[job_dir])
+        if row not in rows:  # after its algorithm's other rows
+            same_algo = [i for i, (algo, _) in enumerate(rows) if algo == job["algo"]]
+            rows.insert(same_algo[-1] + 1 if same_algo else len(rows), row)
+        tasks += [job["task"]] if job["task"] not in tasks else []
+        key = (row_name(*row), job["task"])
+        add_job(cells.setdefault(key, Cell(job["algo"], job["task"], variant=row[1])), job)
+    # A plan's plain row stays if some job has no variant, or if no variant of its algorithm ran at all.
+    has_variants = {algo for algo, variant in rows if variant}
+    rows = [r for r in rows if r[1] or r[0] not in has_variants or any(k[0] == row_name(*r) for k in cells)]
     tasks.sort(key=lambda t: TASKS.index(t) if t in TASKS else len(TASKS))
-    for algo in algos:
+    for algo, variant in rows:
         for task in tasks:
-            cells.setdefault((algo, task), Cell(algo, task, reason="no job directory"))
-    return cells, algos, tasks, table
+            cells.setdefault((row_name(algo, variant), task), Cell(algo, task, variant, reason="no job directory"))
+    return cells, rows, tasks, table
 
 
 def add_job(cell: Cell, job: dict[str, Any]) -> None:
@@ -147,6 +204,7 @@ def add_job(cell: Cell, job: dict[str, Any]) -> None:
     cell.status, cell.reason = "completed", None
     cell.per_seed.update(job["per_seed"])
     cell.env_steps_per_seed = job.get("env_steps_per_seed")
+    cell.eval_episodes |= {int(job["eval_episodes"])} if job.get("eval_episodes") else set()
     cell.wall_clock_s = (cell.wall_clock_s or 0.0) + float(job.get("wall_clock_s") or 0.0)
 
 
@@ -189,10 +247,16 @@ def paper_text(algo: str, task: str, table: str | None) -> str:
     return f"≈ {format_number(mean)}" if std is None else f"{format_number(mean)} ± {format_number(std)}"
 
 
-def markdown_table(cells, algos, tasks, table: str | None, metric: str = "final_return") -> str:
+def evaluation_episodes(cells) -> str:
+    """ "16 deterministic episodes per seed", or the episode counts the jobs actually used."""
+    counts = sorted({n for cell in cells.values() for n in cell.eval_episodes})
+    return f"{'/'.join(map(str, counts)) or 'the configured'} deterministic episodes per seed"
+
+
+def markdown_table(cells, rows, tasks, table: str | None, metric: str = "final_return") -> str:
     title = lambda name, titles: titles.get(name, name)
     what = (
-        "final evaluation return (16 deterministic episodes per seed)"
+        f"final evaluation return ({evaluation_episodes(cells)})"
         if metric == "final_return"
         else ("final training return")
     )
@@ -204,18 +268,18 @@ def markdown_table(cells, algos, tasks, table: str | None, metric: str = "final_
     ]
     header = ["algorithm"] + [f"{title(t, TASK_TITLES)} ({c})" for t in tasks for c in ("measured", "paper")]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for algo in algos:
-        row = [title(algo, ALGO_TITLES)]
+    for algo, variant in rows:
+        row = [row_title(algo, variant)]
         for task in tasks:
-            row += [cell_text(cells[(algo, task)]).replace("|", "/"), paper_text(algo, task, table)]
+            row += [cell_text(cells[(row_name(algo, variant), task)]).replace("|", "/"), paper_text(algo, task, table)]
         lines.append("| " + " | ".join(row) + " |")
-    lines += ["", "Cost per cell: env steps per seed, wall clock of the job (all its seeds).", ""]
+    lines += ["", "Cost per cell: env steps per seed, wall clock of its jobs (all their seeds).", ""]
     header = ["algorithm"] + [title(t, TASK_TITLES) for t in tasks]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for algo in algos:
-        row = [title(algo, ALGO_TITLES)]
+    for algo, variant in rows:
+        row = [row_title(algo, variant)]
         for task in tasks:
-            cell = cells[(algo, task)]
+            cell = cells[(row_name(algo, variant), task)]
             row.append(
                 f"{format_steps(cell.env_steps_per_seed)} steps, {format_duration(cell.wall_clock_s)}"
                 if cell.status == "completed"
@@ -227,6 +291,7 @@ def markdown_table(cells, algos, tasks, table: str | None, metric: str = "final_
 
 CSV_COLUMNS = (
     "algo",
+    "variant",
     "task",
     "status",
     "mean",
@@ -243,15 +308,16 @@ CSV_COLUMNS = (
 )
 
 
-def csv_rows(cells, algos, tasks, table: str | None) -> list[dict[str, Any]]:
-    rows = []
-    for algo in algos:
+def csv_rows(cells, rows, tasks, table: str | None) -> list[dict[str, Any]]:
+    lines = []
+    for algo, variant in rows:
         for task in tasks:
-            cell = cells[(algo, task)]
+            cell = cells[(row_name(algo, variant), task)]
             paper = paper_result(algo, task, table) or (None, None)
-            rows.append(
+            lines.append(
                 {
                     "algo": algo,
+                    "variant": variant,
                     "task": task,
                     "status": cell.status,
                     "mean": cell.mean,
@@ -267,20 +333,20 @@ def csv_rows(cells, algos, tasks, table: str | None) -> list[dict[str, Any]]:
                     "run_dirs": " ".join(cell.run_dirs),
                 }
             )
-    return rows
+    return lines
 
 
 def write_tables(
     sweep_dirs: list[pathlib.Path], out_dir: pathlib.Path, metric: str = "final_return", table: str | None = None
 ) -> tuple[pathlib.Path, pathlib.Path]:
     """Writes ``results.md`` and ``results.csv`` into ``out_dir``; returns their paths."""
-    cells, algos, tasks, plan_table = collect_cells(sweep_dirs, metric)
+    cells, rows, tasks, plan_table = collect_cells(sweep_dirs, metric)
     table = table or plan_table
     out_dir.mkdir(parents=True, exist_ok=True)
     md_path, csv_path = out_dir / "results.md", out_dir / "results.csv"
-    md_path.write_text(markdown_table(cells, algos, tasks, table, metric))
+    md_path.write_text(markdown_table(cells, rows, tasks, table, metric))
     with csv_path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
         writer.writeheader()
-        writer.writerows(csv_rows(cells, algos, tasks, table))
+        writer.writerows(csv_rows(cells, rows, tasks, table))
     return md_path, csv_path

@@ -78,7 +78,7 @@ def test_micro_table_pipeline_through_submitit_local(tmp_path):
         timeout=240,
     )
     sweep = tmp_path / "outputs" / "tables" / "table2_quick"
-    summaries = {a: json.loads((sweep / f"acrobot_{a}" / "summary.json").read_text()) for a in ALGOS}
+    summaries = {a: json.loads((sweep / f"acrobot_{a}_seed0_debug=smoke" / "summary.json").read_text()) for a in ALGOS}
     proc = run_diffrl("table", str(sweep), cwd=tmp_path)
     rows = {r["algo"]: r for r in csv.DictReader((sweep / "results.csv").open())}
     assert sorted(rows) == ["cem", "papg"]
@@ -109,9 +109,10 @@ def test_a_crashing_job_leaves_the_rest_of_the_sweep_running(tmp_path):
         timeout=180,
     )
     tables = tmp_path / "outputs" / "tables"
-    failed = json.loads((tables / "table2_nope" / "acrobot_cem" / "summary.json").read_text())
+    job = "acrobot_cem_seed0_debug=smoke"
+    failed = json.loads((tables / "table2_nope" / job / "summary.json").read_text())
     assert failed["status"] == "failed" and "unknown budget 'nope'" in failed["error"]
-    completed = json.loads((tables / "table2_quick" / "acrobot_cem" / "summary.json").read_text())
+    completed = json.loads((tables / "table2_quick" / job / "summary.json").read_text())
     assert completed["status"] == "completed"
     proc = run_diffrl("table", str(tables / "table2_nope"), cwd=tmp_path)
     assert "**failed**: ConfigError: unknown budget 'nope'" in proc.stdout

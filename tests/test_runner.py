@@ -90,11 +90,13 @@ def test_sigkilled_run_resumes_and_matches_an_uninterrupted_run(tmp_path):
 def test_multirun_puts_each_job_in_its_own_directory(tmp_path):
     run_diffrl("train", "-m", "env=acrobot,cartpole_swingup", "seed=0,1", *SMOKE, "iterations=2", cwd=tmp_path)
     jobs = sorted(p for p in (tmp_path / "outputs").glob("multirun/*/*/*") if p.is_dir())
+    # <n>_<task>_<algo>_seed<seed>_<the job's other overrides>
+    suffix = "_debug=smoke,iterations=2"
     assert [p.name for p in jobs] == [
-        "0_acrobot_cem_seed0",
-        "1_acrobot_cem_seed1",
-        "2_cartpole_swingup_cem_seed0",
-        "3_cartpole_swingup_cem_seed1",
+        f"0_acrobot_cem_seed0{suffix}",
+        f"1_acrobot_cem_seed1{suffix}",
+        f"2_cartpole_swingup_cem_seed0{suffix}",
+        f"3_cartpole_swingup_cem_seed1{suffix}",
     ]
     for job in jobs:
         summary = json.loads((job / "summary.json").read_text())

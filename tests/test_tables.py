@@ -13,13 +13,18 @@ from diffrl.tables import collect_cells, format_number, write_tables
 from conftest import run_diffrl
 
 
-def make_job(sweep_dir, algo, task, per_seed=None, *, status="completed", log=None, seed=0):
-    """A job directory as `diffrl train -m` leaves it; ``per_seed=None`` -> no summary.json (killed)."""
-    job = sweep_dir / f"{task}_{algo}"
+def make_job(
+    sweep_dir, algo, task, per_seed=None, *, status="completed", log=None, seed=0, overrides=(), eval_episodes=16
+):
+    """A job directory as `diffrl train -m` leaves it; ``per_seed=None`` -> no summary.json (killed);
+    ``overrides``: the job's other command-line/sweep overrides, e.g. ("algo.lr=0.1",)."""
+    job = sweep_dir / "_".join([task, algo, f"seed{seed}", *overrides])
     (job / ".hydra").mkdir(parents=True)
     (job / ".hydra" / "config.yaml").write_text(
         yaml.safe_dump({"algo": {"name": algo}, "env": {"name": task}, "budget": "quick", "seed": seed})
     )
+    all_overrides = [f"algo={algo}", f"env={task}", f"seed={seed}", "experiment=ceapg_table2", *overrides]
+    (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(all_overrides))
     if log is not None:
         (job / "train.log").write_text(log)
     if per_seed is not None:
@@ -33,6 +38,7 @@ def make_job(sweep_dir, algo, task, per_seed=None, *, status="completed", log=No
             "num_seeds": len(per_seed),
             "env_steps_per_seed": 12000,
             "wall_clock_s": 90.0,
+            "eval_episodes": eval_episodes,
             "final_return": {"per_seed": per_seed, "mean": arr.mean(), "std": arr.std()},
         }
         (job / "summary.json").write_text(json.dumps(summary))
@@ -57,8 +63,8 @@ def test_cells_are_mean_and_population_std_with_the_paper_beside(tmp_path):
     sweep = make_sweep(tmp_path, ["ce_apg", "ppo"], ["acrobot"])
     make_job(sweep, "ce_apg", "acrobot", [1000.0, 2000.0, 4000.0])
     make_job(sweep, "ppo", "acrobot", [10.0, 30.0])
-    cells, algos, tasks, table = collect_cells([sweep])
-    assert (algos, tasks, table) == (["ce_apg", "ppo"], ["acrobot"], "table1")
+    cells, rows, tasks, table = collect_cells([sweep])
+    assert (rows, tasks, table) == ([("ce_apg", ""), ("ppo", "")], ["acrobot"], "table1")
     cell = cells[("ce_apg", "acrobot")]
     assert cell.status == "completed"
     assert cell.mean == pytest.approx(7000 / 3)
@@ -104,10 +110,36 @@ def test_failed_killed_and_missing_jobs_are_shown_never_dropped(tmp_path):
 def test_a_task_with_no_job_of_one_algo_is_missing(tmp_path):
     sweep = make_sweep(tmp_path, ["cem"], ["cartpole_swingup", "acrobot"], experiment="ceapg_table2")
     make_job(sweep, "cem", "acrobot", [5.0, 7.0])
-    cells, algos, tasks, table = collect_cells([sweep])
+    cells, rows, tasks, table = collect_cells([sweep])
     assert tasks == ["cartpole_swingup", "acrobot"] and table == "table2"  # the paper's column order
     assert cells[("cem", "cartpole_swingup")].status == "missing"
     assert cells[("cem", "acrobot")].mean == 6.0
+
+
+def test_seed_families_pool_into_one_cell_and_hyperparameters_make_rows(tmp_path):
+    """A sweep over seed=0,1 and algo.lr=0.01,0.1: two rows (one per lr), each cell over both seed families;
+    an override every job shares (iterations=2) labels nothing."""
+    sweep = make_sweep(tmp_path, ["cem"], ["acrobot"], experiment="ceapg_table2")
+    for seed, lr, returns in [(0, "0.01", [1.0, 2.0]), (1, "0.01", [3.0, 4.0]), (0, "0.1", [10.0, 20.0])]:
+        make_job(sweep, "cem", "acrobot", returns, seed=seed, overrides=(f"algo.lr={lr}", "iterations=2"))
+    cells, rows, tasks, _ = collect_cells([sweep])
+    assert rows == [("cem", "algo.lr=0.01"), ("cem", "algo.lr=0.1")]  # the plan's plain row is replaced
+    pooled = cells[("cem [algo.lr=0.01]", "acrobot")]
+    assert sorted(pooled.per_seed.values()) == [1.0, 2.0, 3.0, 4.0] and pooled.mean == 2.5
+    assert pooled.wall_clock_s == 180.0  # both jobs' wall clocks
+    assert cells[("cem [algo.lr=0.1]", "acrobot")].mean == 15.0
+    md = write_tables([sweep], tmp_path / "out")[0].read_text()
+    assert "| CEM [algo.lr=0.01] | 2.5 ± 1.12 (4 seeds) | 626 ± 160 |" in md
+    assert "| CEM [algo.lr=0.1] | 15 ± 5 (2 seeds) | 626 ± 160 |" in md
+    csv_rows = list(csv.DictReader((tmp_path / "out" / "results.csv").open()))
+    assert [(r["variant"], r["num_seeds"]) for r in csv_rows] == [("algo.lr=0.01", "4"), ("algo.lr=0.1", "2")]
+
+
+def test_the_caption_names_the_evaluation_episodes_the_jobs_used(tmp_path):
+    sweep = make_sweep(tmp_path, ["cem"], ["acrobot"], experiment="ceapg_table2")
+    make_job(sweep, "cem", "acrobot", [1.0, 2.0], eval_episodes=4)
+    md = write_tables([sweep], tmp_path / "out")[0].read_text()
+    assert "final evaluation return (4 deterministic episodes per seed)" in md and "16 deterministic" not in md
 
 
 def test_paper_results_cover_both_tables_and_the_shac_figure():

@@ -18,6 +18,7 @@ EXTERNAL_TRAINERS: dict[str, str] = {
     "sb3_ppo": "diffrl.baselines.sb3:SB3PPO",
     "sb3_sac": "diffrl.baselines.sb3:SB3SAC",
 }
+TORCH_TRAINERS = ("sb3_ppo", "sb3_sac")  # stable-baselines3's agents: PyTorch, pinned to its CPU build
 
 
 def trainer_class(name: str):
@@ -27,4 +28,4 @@ def trainer_class(name: str):
     return getattr(importlib.import_module(module), cls)
 
 
-__all__ = ["EXTERNAL_TRAINERS", "trainer_class"]
+__all__ = ["EXTERNAL_TRAINERS", "TORCH_TRAINERS", "trainer_class"]

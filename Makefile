@@ -9,7 +9,7 @@ LAUNCHER ?= local
 TABLES   ?= $(or $(DIFFRL_OUTPUTS),outputs)/tables
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test test-slow lint bench table1 table2 shac clean
+.PHONY: help install train test test-slow test-gpu lint bench table1 table2 shac readme clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -33,8 +33,12 @@ test: install ## the test suite (CPU, fast; slow and GPU tests are skipped)
 test-slow: install ## the slow tests too
 	$(BIN)/python -m pytest -m "not gpu" $(ARGS)
 
+test-gpu: ## the gpu-marked tests, on a machine with a CUDA device (installs the gpu extra)
+	$(MAKE) install EXTRAS=dev,gpu
+	$(BIN)/python -m pytest -m gpu $(ARGS)
+
 lint: install ## ruff
-	$(BIN)/ruff check diffrl cli tests benchmarks
+	$(BIN)/ruff check diffrl cli tests benchmarks tools
 
 bench: install ## benchmarks (not tests): env, gradient and wrapper speeds, PPO/SAC Brax vs SB3; tables under benchmarks/results/
 	$(BIN)/python -m benchmarks.bench_envs --quick $(ARGS)
@@ -58,6 +62,9 @@ shac: install ## SHAC paper Fig. 4 (SHAC, BPTT, PPO, SAC x SHAC's 5 tasks): swee
 	$(BIN)/diffrl train -m experiment=shac_fig4 budget=$(BUDGET) launcher=$(LAUNCHER) $(ARGS)
 	$(BIN)/diffrl table $(TABLES)/shac_fig4_$(BUDGET)
 	$(BIN)/diffrl plot $(TABLES)/shac_fig4_$(BUDGET)
+
+readme: install ## copy the committed result tables (docs/results/*/results.md) into the README's generated blocks
+	$(BIN)/python tools/sync_readme.py
 
 clean: ## remove outputs, caches and the venv
 	rm -rf outputs multirun wandb .pytest_cache .ruff_cache .cache $(VENV)

@@ -1,0 +1,168 @@
+"""Sweeps and records a user can trust: a job directory per sweep job, no run overwriting another's files,
+impossible launches refused in one line before any work, effective settings and generated tables."""
+
+import json
+import os
+import subprocess
+import sys
+
+import mujoco
+import numpy as np
+import pytest
+
+from cli.main import job_suffix
+from cli.main import main as diffrl_main
+from diffrl.envs.tasks import ACROBOT
+from diffrl.experiment import RunDirInUse, check_run_dir_is_free, configure_jax
+from diffrl.loggers import JsonlSink
+
+from conftest import REPO, compose_train, run_diffrl
+
+sys.path.insert(0, str(REPO / "tools"))
+import sync_readme  # noqa: E402
+
+
+def test_a_seed_sweep_of_a_table_leaves_one_complete_job_per_seed_and_one_cell_over_both(tmp_path):
+    """The issue's command: two seed families of one (algo, task) cell used to share one directory, and the
+    second job deleted the first one's metrics.jsonl."""
+    sweep_args = ["-m", "experiment=ceapg_table2", "env=acrobot", "algo=cem", "seed=0,1", "iterations=2"]
+    small = ["num_seeds=2", "eval.episodes=2", "algo.population=4", "algo.elites=2", "env.episode_length=50"]
+    quiet = ["logger.wandb.enabled=false", "logger.console.progress_bar=false"]
+    run_diffrl("train", *sweep_args, *small, *quiet, cwd=tmp_path, timeout=240)
+    sweep = tmp_path / "outputs" / "tables" / "table2_quick"
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
+    suffix = "_algo.elites=2,algo.population=4,env.episode_length=50,eval.episodes=2,iterations=2,num_seeds=2"
+    assert [p.name for p in jobs] == [f"acrobot_cem_seed0{suffix}", f"acrobot_cem_seed1{suffix}"]
+    metrics = {}
+    for seed, job in enumerate(jobs):
+        rows = [json.loads(line) for line in (job / "metrics.jsonl").read_text().splitlines()]
+        assert [row["iteration"] for row in rows] == [1, 2]  # complete: every iteration of this job
+        summary = json.loads((job / "summary.json").read_text())
+        assert summary["seed"] == seed and summary["status"] == "completed"
+        metrics[job] = (job / "metrics.jsonl").read_text()
+    assert metrics[jobs[0]] != metrics[jobs[1]]  # two seed families, two different runs
+
+    table = run_diffrl("table", str(sweep), cwd=tmp_path).stdout
+    assert "| CEM | " in table and "(4 seeds)" in table  # one cell: 2 vmapped seeds x 2 families
+    assert "(2 deterministic episodes per seed)" in table
+
+    # The same sweep again: refused in one line before any work; the first sweep's files are untouched.
+    again = run_diffrl("train", *sweep_args, *small, *quiet, cwd=tmp_path, check=False, timeout=120)
+    assert again.returncode == 2
+    (line,) = again.stderr.strip().splitlines()
+    assert "already holds a run" in line and "resume=" in line
+    assert all((job / "metrics.jsonl").read_text() == metrics[job] for job in jobs)
+
+
+def test_job_suffix_names_the_other_overrides_and_never_nests_directories():
+    assert job_suffix("") == ""
+    assert job_suffix("algo.lr=0.1,iterations=2") == "_algo.lr=0.1,iterations=2"
+    assert "/" not in job_suffix("hardware.compilation_cache_dir=/tmp/x")
+
+
+def test_the_metrics_file_of_another_run_is_never_deleted(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"iteration": 1}\n{"iteration": 2}\n')
+    with pytest.raises(FileExistsError, match="not resuming"):
+        JsonlSink(path)
+    assert path.read_text() == '{"iteration": 1}\n{"iteration": 2}\n'
+    sink = JsonlSink(path, resume_step=1)  # a resumed run keeps its own lines up to the restored step
+    sink.log({"iteration": 2, "return": 5.0}, 2)
+    sink.close()
+    assert [json.loads(line)["iteration"] for line in path.read_text().splitlines()] == [1, 2]
+
+
+def test_a_taken_run_directory_is_refused_unless_resumed(tmp_path):
+    cfg = compose_train("debug=smoke")
+    check_run_dir_is_free(cfg, tmp_path)  # empty: free
+    (tmp_path / "summary.json").write_text("{}")
+    with pytest.raises(RunDirInUse, match="summary.json"):
+        check_run_dir_is_free(cfg, tmp_path)
+    check_run_dir_is_free(compose_train("debug=smoke", f"resume={tmp_path}"), tmp_path)
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (
+            ["-m", "hardware=cpu,gpu"],
+            "-m hardware=cpu,gpu with launcher=local: the jobs share processes, and JAX's platform cannot change",
+        ),
+        (["-m", "hardware=gpu,cpu", "launcher=joblib"], "with launcher=joblib: the jobs share processes"),
+        (
+            ["-m", "hardware=gpu", "launcher=slurm"],
+            "hardware=gpu with launcher=slurm asks for no GPU per job (hydra.launcher.gpus_per_node=0): "
+            "add hydra.launcher.gpus_per_node=1",
+        ),
+        (
+            ["-m", "hardware=gpu", "launcher=submitit_local", "hydra.launcher.gpus_per_node=0"],
+            "asks for no GPU per job",
+        ),
+    ],
+)
+def test_impossible_launches_are_refused_in_one_line_before_hydra_starts(args, message, capsys, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        diffrl_main(["train", *args, f"hydra.sweep.dir={tmp_path}/sweep"])
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert message in line
+    assert not (tmp_path / "sweep").exists()  # nothing launched
+
+
+def test_possible_launches_pass_the_check(tmp_path):
+    from cli.main import check_launch
+
+    check_launch(["-m", "hardware=cpu,gpu", "launcher=submitit_local", "hydra.launcher.gpus_per_node=1"])
+    check_launch(["-m", "hardware=gpu", "launcher=slurm", "hydra.launcher.gpus_per_node=4"])
+    check_launch(["hardware=gpu", "launcher=slurm"])  # no sweep: the launcher is not used
+
+
+def test_sb3_on_a_gpu_is_refused_by_the_cli_in_one_line(tmp_path):
+    proc = run_diffrl("train", "algo=sb3_ppo", "hardware=gpu", cwd=tmp_path, check=False, timeout=120)
+    assert proc.returncode == 2
+    (line,) = proc.stderr.strip().splitlines()
+    assert "algo=sb3_ppo trains with PyTorch's CPU build" in line and "hardware=cpu" in line
+    assert not list((tmp_path / "outputs").rglob("metrics.jsonl"))
+
+
+def test_xla_flags_are_added_once_however_many_jobs_configure_jax(monkeypatch):
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_use_thunk_runtime=true")
+    hardware = compose_train("hardware.xla_flags='--xla_cpu_enable_fast_math=false'").hardware
+    for _ in range(3):  # three jobs of a sweep in one process
+        configure_jax(hardware)
+    assert os.environ["XLA_FLAGS"] == "--xla_cpu_use_thunk_runtime=true --xla_cpu_enable_fast_math=false"
+
+
+def test_importing_diffrl_prints_no_warp_warning():
+    code = "import diffrl, brax.envs, mujoco.mjx"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "warp" not in (proc.stdout + proc.stderr).lower()
+
+
+def test_the_acrobot_has_the_papers_capsules():
+    """Capsules 1.0 m end to end (caps included), pivots 0.9 m apart, 2.5 kg each (the paper's acrobot)."""
+    model = mujoco.MjModel.from_xml_path(str(ACROBOT.xml_path))
+    radius, half_length = model.geom_size[:, 0], model.geom_size[:, 1]
+    assert np.allclose(2 * (half_length + radius), 1.0)
+    assert np.allclose(model.body_mass[1:], 2.5) and np.isclose(model.body_pos[2, 2], 0.9)
+
+
+def test_the_readme_shows_the_committed_result_files():
+    """Every measured table in the README is a generated block equal to its committed file (`make readme`)."""
+    readme = (REPO / "README.md").read_text()
+    blocks = sync_readme.BLOCK.findall(readme)
+    sources = {source for _, source, *_ in blocks}
+    assert {"docs/results/table1_quick/results.md", "docs/results/table2_quick/results.md"} <= sources
+    assert sync_readme.synced(readme) == readme, "README out of sync with docs/results: run `make readme`"
+
+
+def test_sync_readme_refills_a_block_from_its_file(tmp_path):
+    (tmp_path / "table.md").write_text("| new |\n")
+    readme = tmp_path / "README.md"
+    block = "intro\n<!-- generated from table.md by `make readme` -->\n{}\n<!-- end generated -->\n"
+    readme.write_text(block.format("| old |"))
+    assert sync_readme.main([str(readme), "--check"]) == 1
+    assert sync_readme.main([str(readme)]) == 0
+    assert readme.read_text() == block.format("| new |")
+    assert sync_readme.main([str(readme), "--check"]) == 0

@@ -1,0 +1,59 @@
+"""Copies generated results into the README: every block between
+
+    <!-- generated from docs/results/<...>.md by `make readme` -->
+    ...
+    <!-- end generated -->
+
+is replaced by that file's content, so that no measured table in the README is typed by hand: each one
+is a committed file written by a command (`diffrl table ... --out docs/results/...`), and the README
+shows it. `--check` exits non-zero if the README differs from its files (the tests run it).
+
+    python tools/sync_readme.py [--check] [README.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import re
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+BLOCK = re.compile(
+    r"(?P<start><!-- generated from (?P<source>\S+) by `make readme` -->\n)"
+    r"(?P<body>.*?)(?P<end><!-- end generated -->)",
+    re.DOTALL,
+)
+
+
+def synced(text: str, root: pathlib.Path = ROOT) -> str:
+    """The README with every generated block refilled from its source file (relative to ``root``)."""
+
+    def refill(match: re.Match) -> str:
+        source = root / match["source"]
+        if not source.is_file():
+            raise FileNotFoundError(f"README block names {match['source']}, which does not exist")
+        return match["start"] + source.read_text().rstrip("\n") + "\n" + match["end"]
+
+    return BLOCK.sub(refill, text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("readme", nargs="?", type=pathlib.Path, default=ROOT / "README.md")
+    parser.add_argument("--check", action="store_true", help="only report whether the README is in sync")
+    args = parser.parse_args(argv)
+    text = args.readme.read_text()
+    new = synced(text, args.readme.resolve().parent)
+    if args.check:
+        if new != text:
+            print(f"{args.readme} is out of sync with its generated files: run `make readme`", file=sys.stderr)
+            return 1
+        return 0
+    args.readme.write_text(new)
+    print(f"{args.readme}: {len(BLOCK.findall(text))} generated blocks refilled")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

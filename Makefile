@@ -4,6 +4,9 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 EXTRAS ?= dev
 ARGS   ?=
+# Test workers: XLA compiles on one thread and compiling dominates the tests, so one file per core
+# (--dist loadfile keeps a file's tests, and the programs they share, in one process).
+TEST_WORKERS ?= auto
 BUDGET   ?= quick
 LAUNCHER ?= local
 TABLES   ?= $(or $(DIFFRL_OUTPUTS),outputs)/tables
@@ -27,11 +30,11 @@ install: $(VENV)/.installed-$(EXTRAS) ## create .venv and install diffrl (editab
 train: install ## a short default training run (CE-APG on the acrobot, quick budget); ARGS="key=value ..." to override
 	$(BIN)/diffrl train $(ARGS)
 
-test: install ## the test suite (CPU, fast; slow and GPU tests are skipped)
-	$(BIN)/python -m pytest $(ARGS)
+test: install ## the test suite (CPU, fast; slow and GPU tests are skipped); TEST_WORKERS=0 runs them in this process
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(ARGS)
 
 test-slow: install ## the slow tests too
-	$(BIN)/python -m pytest -m "not gpu" $(ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not gpu" $(ARGS)
 
 test-gpu: ## the gpu-marked tests, on a machine with a CUDA device (installs the gpu extra)
 	$(MAKE) install EXTRAS=dev,gpu

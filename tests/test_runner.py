@@ -88,15 +88,12 @@ def test_sigkilled_run_resumes_and_matches_an_uninterrupted_run(tmp_path):
 
 
 def test_multirun_puts_each_job_in_its_own_directory(tmp_path):
-    run_diffrl("train", "-m", "env=acrobot,cartpole_swingup", "seed=0,1", *SMOKE, "iterations=2", cwd=tmp_path)
+    run_diffrl("train", "-m", "env=acrobot", "seed=0,1", *SMOKE, "iterations=2", cwd=tmp_path)
     jobs = sorted(p for p in (tmp_path / "outputs").glob("multirun/*/*/*") if p.is_dir())
-    # <n>_<task>_<algo>_seed<seed>_<the job's other overrides>
-    suffix = "_debug=smoke,iterations=2"
+    # <n>_<task>_<algo>_seed<seed>_<the job's other overrides>; a sweep over a table's cells: test_records.py
     assert [p.name for p in jobs] == [
-        f"0_acrobot_cem_seed0{suffix}",
-        f"1_acrobot_cem_seed1{suffix}",
-        f"2_cartpole_swingup_cem_seed0{suffix}",
-        f"3_cartpole_swingup_cem_seed1{suffix}",
+        "0_acrobot_cem_seed0_debug=smoke,iterations=2",
+        "1_acrobot_cem_seed1_debug=smoke,iterations=2",
     ]
     for job in jobs:
         summary = json.loads((job / "summary.json").read_text())

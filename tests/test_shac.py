@@ -83,9 +83,10 @@ def test_the_actor_gradient_stops_at_the_window_boundary():
         "algo.critic_learning_rate=0",
         "algo.min_learning_rate=0",
     )
+    train_step = jax.jit(algo.train_step)  # one compile for both iterations
     first = algo.init(jax.random.PRNGKey(0))
-    second, _ = jax.jit(algo.train_step)(first)
-    _, metrics = jax.jit(algo.train_step)(second)
+    second, _ = train_step(first)
+    _, metrics = train_step(second)
     critic, normalizer = second.target_critic, second.normalizer
 
     def objective(actor, cut: bool):

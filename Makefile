@@ -7,6 +7,7 @@ ARGS   ?=
 # Test workers: XLA compiles on one thread and compiling dominates the tests, so one file per core
 # (--dist loadfile keeps a file's tests, and the programs they share, in one process).
 TEST_WORKERS ?= auto
+PYTEST_PARALLEL := $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 BUDGET   ?= quick
 LAUNCHER ?= local
 TABLES   ?= $(or $(DIFFRL_OUTPUTS),outputs)/tables
@@ -31,11 +32,12 @@ train: install ## a short default training run (CE-APG on the acrobot, quick bud
 	$(BIN)/diffrl train $(ARGS)
 
 test: install ## the test suite (CPU, fast; slow and GPU tests are skipped); TEST_WORKERS=0 runs them in this process
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(ARGS)
+	$(PYTEST_PARALLEL) $(ARGS)
 
 test-slow: install ## the slow tests too
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not gpu" $(ARGS)
+	$(PYTEST_PARALLEL) -m "not gpu" $(ARGS)
 
+# One process, not one per core: each JAX process preallocates most of the GPU's memory.
 test-gpu: ## the gpu-marked tests, on a machine with a CUDA device (installs the gpu extra)
 	$(MAKE) install EXTRAS=dev,gpu
 	$(BIN)/python -m pytest -m gpu $(ARGS)

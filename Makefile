@@ -13,7 +13,7 @@ LAUNCHER ?= local
 TABLES   ?= $(or $(DIFFRL_OUTPUTS),outputs)/tables
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test test-slow test-gpu lint bench table1 table2 shac readme clean
+.PHONY: help install train test test-slow test-slurm test-gpu lint bench table1 table2 shac readme clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -37,13 +37,18 @@ test: install ## the test suite (CPU, fast; slow and GPU tests are skipped); TES
 test-slow: install ## the slow tests too
 	$(PYTEST_PARALLEL) -m "not gpu" $(ARGS)
 
+# A real single-node Slurm (slurmctld, slurmd, slurmdbd) on this machine; root on Debian/Ubuntu. docs/cluster.md
+test-slurm: install ## the slow Slurm test: a table sweep through a local Slurm cluster, with requeue, preemption and a cancelled job (root)
+	tools/slurm_cluster.sh up
+	$(BIN)/python -m pytest -m slow tests/test_slurm.py $(ARGS)
+
 # One process, not one per core: each JAX process preallocates most of the GPU's memory.
 test-gpu: ## the gpu-marked tests, on a machine with a CUDA device (installs the gpu extra)
 	$(MAKE) install EXTRAS=dev,gpu
 	$(BIN)/python -m pytest -m gpu $(ARGS)
 
 lint: install ## ruff
-	$(BIN)/ruff check diffrl cli tests benchmarks tools
+	$(BIN)/ruff check diffrl cli tests benchmarks tools hydra_plugins
 
 bench: install ## benchmarks (not tests): env, gradient and wrapper speeds, PPO/SAC Brax vs SB3; tables under benchmarks/results/
 	$(BIN)/python -m benchmarks.bench_envs --quick $(ARGS)
@@ -52,6 +57,7 @@ bench: install ## benchmarks (not tests): env, gradient and wrapper speeds, PPO/
 	$(BIN)/python -m benchmarks.bench_baselines --quick $(ARGS)
 	$(BIN)/python -m benchmarks.bench_contact --quick $(ARGS)
 	$(BIN)/python -m benchmarks.bench_shac --quick $(ARGS)
+	$(BIN)/python -m benchmarks.bench_devices --quick $(ARGS)
 
 table1: install ## CE-APG paper Table I (CE-APG, PPO, SAC, Brax APG x 3 tasks x 8 seeds): sweep, then table + curves; BUDGET=quick|paper LAUNCHER=local|joblib|slurm|submitit_local
 	$(BIN)/diffrl train -m experiment=ceapg_table1 budget=$(BUDGET) launcher=$(LAUNCHER) $(ARGS)
@@ -68,7 +74,7 @@ shac: install ## SHAC paper Fig. 4 (SHAC, BPTT, PPO, SAC x SHAC's 5 tasks): swee
 	$(BIN)/diffrl table $(TABLES)/shac_fig4_$(BUDGET)
 	$(BIN)/diffrl plot $(TABLES)/shac_fig4_$(BUDGET)
 
-readme: install ## copy the committed result tables (docs/results/*/results.md) into the README's generated blocks
+readme: install ## copy the committed result tables (docs/results/) into the generated blocks of the README and docs/cluster.md
 	$(BIN)/python tools/sync_readme.py
 
 clean: ## remove outputs, caches and the venv

@@ -131,7 +131,7 @@ def check_launch(overrides: list[str]) -> None:
 def expand_resume(overrides: list[str]) -> list[str]:
     """``resume=<dir>`` -> the run's saved overrides + ``hydra.run.dir=<dir>`` + ``resume=<dir>``."""
     resume = [o for o in overrides if o.startswith("resume=")]
-    if not resume:
+    if not resume or resume[-1] == "resume=auto":  # auto: each job of a sweep decides in its own directory
         return overrides
     run_dir = pathlib.Path(resume[-1].partition("=")[2]).expanduser().absolute()
     saved = run_dir / ".hydra" / "overrides.yaml"

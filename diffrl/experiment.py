@@ -26,8 +26,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from diffrl.algos import DETERMINISTIC_POLICY_ALGOS, check_policy
 from diffrl.baselines import EXTERNAL_TRAINERS, TORCH_TRAINERS
+from diffrl.devices import check_divides, request_host_devices, requested_devices
 from diffrl.envs import check_backend, make_env
 from diffrl.envs.wrappers import InjectNaN
+from diffrl.errors import ConfigError
 from diffrl.loggers import JsonlSink, MetricLogger, WandbSink, to_jsonable
 from diffrl.networks import POLICIES, STOCHASTIC_POLICIES, Policy, make_policy
 
@@ -50,10 +52,6 @@ class Experiment:
     effective: dict[str, Any]
 
 
-class ConfigError(ValueError):
-    """A composed config that cannot run; raised before anything is built or compiled."""
-
-
 def evaluation_key(seed: int) -> jax.Array:
     """The start states of every final evaluation of seed family ``seed``, whatever the algorithm."""
     return jax.random.PRNGKey(seed + _EVAL_KEY_OFFSET)
@@ -68,6 +66,7 @@ def seed_keys(seed: int, num_seeds: int) -> jax.Array:
 def configure_jax(hardware: DictConfig) -> None:
     """Platform, precision, XLA flags and the persistent compilation cache, before any computation."""
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every save at INFO
+    request_host_devices(hardware)
     if hardware.xla_flags and hardware.xla_flags not in os.environ.get("XLA_FLAGS", ""):
         os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {hardware.xla_flags}".strip()
     os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "true" if hardware.preallocate_memory else "false"
@@ -96,6 +95,30 @@ def check_run_dir_is_free(cfg: DictConfig, run_dir: pathlib.Path) -> None:
         )
 
 
+def has_checkpoint(run_dir: pathlib.Path) -> bool:
+    """Whether a run directory holds something to resume: an orbax step (diffrl's algorithms) or the
+    external trainers' run record."""
+    checkpoints = pathlib.Path(run_dir) / "checkpoints"
+    return checkpoints.is_dir() and any(p.name.isdigit() or p.name == "run.json" for p in checkpoints.iterdir())
+
+
+def write_failed_summary(cfg: DictConfig, run_dir: pathlib.Path, error: str, details: str | None = None) -> None:
+    """A sweep job that raised, or that its launcher saw die (Slurm: cancelled, out of time, node lost),
+    leaves a ``summary.json`` saying so, so that ``diffrl table`` shows the cell as failed and why."""
+    summary = {
+        "status": "failed",
+        "error": error,
+        "traceback": details,
+        "env": cfg.env.name,
+        "algo": cfg.algo.name,
+        "budget": cfg.budget,
+        "seed": int(cfg.seed),
+        "num_seeds": int(cfg.num_seeds),
+    }
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
 def is_external(cfg: DictConfig) -> bool:
     """PPO, SAC, Brax APG, SB3: agents with their own training loop and their own networks."""
     return cfg.algo.name in EXTERNAL_TRAINERS
@@ -104,8 +127,16 @@ def is_external(cfg: DictConfig) -> bool:
 def check_config(cfg: DictConfig) -> None:
     """Combinations that cannot work, each refused with one line that says why (before any compile)."""
     check_backend(cfg.env.name, cfg.env.backend)
+    devices = requested_devices(cfg.hardware.get("devices", 1))
+    if isinstance(devices, int) and not is_external(cfg):
+        check_divides(devices, int(cfg.num_seeds))
     policy = cfg.get("policy")
     if is_external(cfg):
+        if cfg.algo.name in TORCH_TRAINERS and devices != 1:
+            raise ConfigError(
+                f"algo={cfg.algo.name} trains one PyTorch process per seed; hardware.devices={devices} shards the "
+                "seeds of diffrl's JAX algorithms and the envs of Brax's agents (algo=ppo|sac|brax_apg)"
+            )
         if policy is not None:
             raise ConfigError(
                 f"algo={cfg.algo.name} trains Brax's or SB3's own networks (set them under algo.network / "
@@ -223,6 +254,7 @@ def effective_settings(
             },
             "budget": cfg.budget,
             "num_seeds": int(cfg.num_seeds),
+            "devices": cfg.hardware.get("devices", 1),
             "enable_x64": bool(cfg.hardware.enable_x64),
         }
     )

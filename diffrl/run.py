@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 
 from diffrl.algos import Algorithm, make_algorithm
 from diffrl.checkpoint import Checkpointer
+from diffrl.devices import local_devices, per_seed_shards, seed_mesh, shard_seeds
 from diffrl.errors import TrainingDiverged
 from diffrl.evaluation import make_episode_stats
 from diffrl.experiment import (
@@ -105,11 +106,13 @@ def chunk_lengths(total: int, chunk: int | None) -> list[int]:
     return [chunk] * full + ([rest] if rest else [])
 
 
-def make_chunk_runner(algo: Algorithm):
-    """``run(states, length) -> (states, metrics [length, seeds])``: ``length`` vmapped steps in one scan."""
+def make_chunk_runner(algo: Algorithm, mesh=None):
+    """``run(states, length) -> (states, metrics [length, seeds])``: ``length`` vmapped steps in one scan;
+    with a mesh, each device scans its own slice of the seeds."""
 
     def run(states, length: int):
-        return jax.lax.scan(lambda s, _: jax.vmap(algo.train_step)(s), states, None, length=length)
+        scan = lambda s: jax.lax.scan(lambda c, _: jax.vmap(algo.train_step)(c), s, None, length=length)
+        return per_seed_shards(scan, mesh, out_seed_axis=(0, 1))(states)  # states: seeds first; metrics second
 
     return jax.jit(run, static_argnums=1)
 
@@ -154,18 +157,20 @@ def train_compiled(cfg: DictConfig, run_dir: pathlib.Path) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)  # Hydra makes it for `diffrl train`; library callers may not
     exp = build_experiment(cfg)
     algo, num_seeds = exp.algo, int(cfg.num_seeds)
+    mesh = seed_mesh(local_devices(cfg.hardware.get("devices", 1), num_seeds))
     log.info(
-        "%s on %s (%s backend, %s policy): %d iterations x %d seeds, %d env steps per iteration per seed",
+        "%s on %s (%s backend, %s policy): %d iterations x %d seeds%s, %d env steps per iteration per seed",
         cfg.algo.name,
         cfg.env.name,
         cfg.env.backend,
         exp.policy.name,
         exp.iterations,
         num_seeds,
+        f" sharded over {mesh.size} devices" if mesh else "",
         algo.env_steps_per_iteration,
     )
 
-    states = jax.jit(jax.vmap(algo.init))(seed_keys(int(cfg.seed), num_seeds))
+    states = shard_seeds(jax.jit(jax.vmap(algo.init))(seed_keys(int(cfg.seed), num_seeds)), mesh)
     checkpointer = (
         Checkpointer(run_dir / "checkpoints", int(cfg.checkpoint.max_to_keep)) if cfg.checkpoint.enabled else None
     )
@@ -185,7 +190,7 @@ def train_compiled(cfg: DictConfig, run_dir: pathlib.Path) -> dict[str, Any]:
     episode_stats = make_episode_stats(exp.env, exp.policy, exp.episode_length, int(cfg.eval.episodes))
     eval_key = evaluation_key(int(cfg.seed))
     policy_of = jax.jit(jax.vmap(algo.policy_params))
-    run_chunk = make_chunk_runner(algo)
+    run_chunk = make_chunk_runner(algo, mesh)
     compiled: dict[int, Any] = {}
     lengths = chunk_lengths(exp.iterations, cfg.chunk_iterations)
     steps_per_iteration = algo.env_steps_per_iteration

@@ -40,6 +40,7 @@ class Cell:
     wall_clock_s: float | None = None  # of the whole job (all its seeds)
     budget: str | None = None
     reason: str | None = None
+    failures: dict[int, str] = dataclasses.field(default_factory=dict)  # seed family -> why, if none completed
     run_dirs: list[str] = dataclasses.field(default_factory=list)
     eval_episodes: set[int] = dataclasses.field(default_factory=set)  # per seed, of the completed jobs
 
@@ -113,6 +114,7 @@ def read_job(job_dir: pathlib.Path, metric: str = "final_return") -> dict[str, A
         "budget": summary.get("budget") or config.get("budget"),
         "run_dir": str(job_dir),
         "status": summary.get("status", "failed"),
+        "seed": int(summary.get("seed", config.get("seed", 0))),
         "per_seed": {},
         "reason": None,
     }
@@ -159,8 +161,9 @@ def collect_cells(sweep_dirs: list[pathlib.Path], metric: str = "final_return"):
     """Cells keyed by (row, task), the rows as (algo, variant) in order, the tasks in order, and the paper
     table (if the sweeps name one).
 
-    Jobs of the same row and task pool their seeds (a seed seen twice keeps its last value); a completed job
-    wins over a failed one, whose reason is kept only when nothing completed.
+    Jobs of the same row and task pool their seeds (a seed seen twice keeps its last value). A failed job is
+    named in its cell unless a job of the same seed family completed (e.g. a rerun); a cell with no completed
+    job is ``failed``.
     """
     rows: list[tuple[str, str]] = []
     tasks: list[str] = []
@@ -198,10 +201,14 @@ def add_job(cell: Cell, job: dict[str, Any]) -> None:
     cell.run_dirs.append(job["run_dir"])
     cell.budget = cell.budget or job["budget"]
     if job["status"] != "completed":
+        if job["seed"] not in {seed for seed, _ in cell.per_seed}:  # else a rerun of this family completed
+            cell.failures[job["seed"]] = job["reason"]
         if cell.status != "completed":
             cell.status, cell.reason = "failed", job["reason"]
         return
-    cell.status, cell.reason = "completed", None
+    cell.failures.pop(job["seed"], None)
+    cell.status = "completed"
+    cell.reason = "; ".join(f"seed={seed} failed: {why}" for seed, why in cell.failures.items()) or None
     cell.per_seed.update(job["per_seed"])
     cell.env_steps_per_seed = job.get("env_steps_per_seed")
     cell.eval_episodes |= {int(job["eval_episodes"])} if job.get("eval_episodes") else set()
@@ -235,7 +242,9 @@ def format_duration(seconds: float | None) -> str:
 
 def cell_text(cell: Cell) -> str:
     if cell.status == "completed":
-        return f"{format_number(cell.mean)} ± {format_number(cell.std)} ({len(cell.per_seed)} seeds)"
+        text = f"{format_number(cell.mean)} ± {format_number(cell.std)} ({len(cell.per_seed)} seeds)"
+        failed = ", ".join(f"seed={seed}: {why}" for seed, why in cell.failures.items())
+        return text + (f"; **{len(cell.failures)} job(s) failed**: {failed}" if cell.failures else "")
     return f"**{cell.status}**" + (f": {cell.reason}" if cell.reason else "")
 
 

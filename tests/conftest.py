@@ -2,6 +2,7 @@
 repeated compiles of the same programs (across tests, `diffrl` subprocesses and CI runs) cost ~1 s
 instead of ~15 s."""
 
+import json
 import os
 import pathlib
 import subprocess
@@ -51,6 +52,15 @@ def run_diffrl(*args: str, cwd: pathlib.Path, timeout: float = 300, check: bool 
             f"diffrl {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
         )
     return proc
+
+
+def read_metrics(run_dir: pathlib.Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def deterministic_part(row: dict) -> dict:
+    """A metrics row without what the wall clock decides."""
+    return {k: v for k, v in row.items() if k not in ("wall_time_s", "steps_per_second")}
 
 
 @pytest.fixture

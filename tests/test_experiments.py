@@ -18,8 +18,8 @@ TASKS = ["cartpole_swingup", "acrobot", "double_pendulum_swingup"]
 LAUNCHERS = {
     "local": "hydra._internal.core_plugins.basic_launcher.BasicLauncher",
     "joblib": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher",
-    "slurm": "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher",
-    "submitit_local": "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher",
+    "slurm": "hydra_plugins.diffrl_launcher.submitit_launchers.SlurmLauncher",  # hydra-submitit's, resuming
+    "submitit_local": "hydra_plugins.diffrl_launcher.submitit_launchers.LocalLauncher",
 }
 
 

@@ -3,6 +3,7 @@ impossible launches refused in one line before any work, effective settings and 
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -12,11 +13,12 @@ import pytest
 
 from cli.main import job_suffix
 from cli.main import main as diffrl_main
+from cli.train import settle_auto_resume
 from diffrl.envs.tasks import ACROBOT
 from diffrl.experiment import RunDirInUse, check_run_dir_is_free, configure_jax
 from diffrl.loggers import JsonlSink
 
-from conftest import REPO, compose_train, run_diffrl
+from conftest import REPO, compose_train, deterministic_part, read_metrics, run_diffrl
 
 sys.path.insert(0, str(REPO / "tools"))
 import sync_readme  # noqa: E402
@@ -52,6 +54,40 @@ def test_a_seed_sweep_of_a_table_leaves_one_complete_job_per_seed_and_one_cell_o
     (line,) = again.stderr.strip().splitlines()
     assert "already holds a run" in line and "resume=" in line
     assert all((job / "metrics.jsonl").read_text() == metrics[job] for job in jobs)
+
+    # resume=auto (what a requeued Slurm job gets): seed 1 as if killed after its first chunk continues from
+    # its checkpoint to the same end; seed 0, complete, is left as it is.
+    interrupted = jobs[1]
+    before = [deterministic_part(r) for r in read_metrics(interrupted)]
+    final = json.loads((interrupted / "summary.json").read_text())["final_return"]
+    shutil.rmtree(interrupted / "checkpoints" / "2")
+    (interrupted / "summary.json").unlink()
+    run_diffrl("train", *sweep_args, *small, *quiet, "resume=auto", cwd=tmp_path, timeout=240)
+    assert [deterministic_part(r) for r in read_metrics(interrupted)] == before
+    assert json.loads((interrupted / "summary.json").read_text())["final_return"] == final
+    assert "resumed from iteration 1" in (interrupted / "train.log").read_text()
+    assert (jobs[0] / "metrics.jsonl").read_text() == metrics[jobs[0]]
+    assert "already completed; nothing to do" in (jobs[0] / "train.log").read_text()
+
+
+def test_auto_resume_restarts_a_job_that_died_before_its_first_checkpoint(tmp_path):
+    """Its own leftovers (a metrics row, a failed summary, an empty checkpoint folder) are cleared, so the
+    fresh start is not refused as another run's directory."""
+    cfg = compose_train("resume=auto")
+    (tmp_path / "metrics.jsonl").write_text('{"iteration": 1}\n')
+    (tmp_path / "summary.json").write_text('{"status": "failed", "error": "Slurm job 3_1 ended NODE_FAIL"}')
+    (tmp_path / "checkpoints" / "tmp-save").mkdir(parents=True)
+    assert settle_auto_resume(cfg, tmp_path) is None and cfg.resume is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    check_run_dir_is_free(cfg, tmp_path)
+
+    (tmp_path / "checkpoints" / "4").mkdir(parents=True)  # an orbax step: continue from it
+    cfg = compose_train("resume=auto")
+    assert settle_auto_resume(cfg, tmp_path) is None and cfg.resume == str(tmp_path)
+
+    (tmp_path / "summary.json").write_text('{"status": "completed", "final_return": {"mean": 3.0}}')
+    cfg = compose_train("resume=auto")
+    assert settle_auto_resume(cfg, tmp_path)["final_return"]["mean"] == 3.0
 
 
 def test_job_suffix_names_the_other_overrides_and_never_nests_directories():
@@ -155,6 +191,9 @@ def test_the_readme_shows_the_committed_result_files():
     sources = {source for _, source, *_ in blocks}
     assert {"docs/results/table1_quick/results.md", "docs/results/table2_quick/results.md"} <= sources
     assert sync_readme.synced(readme) == readme, "README out of sync with docs/results: run `make readme`"
+    cluster = (REPO / "docs" / "cluster.md").read_text()
+    assert "docs/results/devices.md" in {source for _, source, *_ in sync_readme.BLOCK.findall(cluster)}
+    assert sync_readme.synced(cluster) == cluster, "docs/cluster.md out of sync: run `make readme`"
 
 
 def test_sync_readme_refills_a_block_from_its_file(tmp_path):

@@ -12,17 +12,9 @@ import yaml
 
 from diffrl.run import train
 
-from conftest import REPO, run_diffrl
+from conftest import REPO, deterministic_part, read_metrics, run_diffrl
 
 SMOKE = ("debug=smoke", "logger.console.progress_bar=false", "algo=cem")  # CEM: the cheapest runner exercise
-
-
-def read_metrics(run_dir):
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-def deterministic_part(row):
-    return {k: v for k, v in row.items() if k not in ("wall_time_s", "steps_per_second")}
 
 
 def test_train_writes_metrics_summary_and_checkpoints(fast_cfg, tmp_path):

@@ -135,6 +135,41 @@ def test_seed_families_pool_into_one_cell_and_hyperparameters_make_rows(tmp_path
     assert [(r["variant"], r["num_seeds"]) for r in csv_rows] == [("algo.lr=0.01", "4"), ("algo.lr=0.1", "2")]
 
 
+def test_a_failed_seed_family_is_named_in_its_pooled_cell_until_a_rerun_completes(tmp_path):
+    """seed=0,1,2 on a cluster where the seed=1 job was cancelled: the cell pools the two that finished and
+    says which job failed and why; a rerun of seed=1 that completes (another sweep directory) clears it."""
+    sweep = make_sweep(tmp_path, ["cem"], ["acrobot"], experiment="ceapg_table2")
+    make_job(sweep, "cem", "acrobot", [1.0, 2.0], seed=0)
+    failed = make_job(sweep, "cem", "acrobot", seed=1)
+    (failed / "summary.json").write_text(
+        json.dumps(
+            {
+                "status": "failed",
+                "algo": "cem",
+                "env": "acrobot",
+                "seed": 1,
+                "error": "Slurm job 7_1 ended CANCELLED by 0 without a result",
+            }
+        )
+    )
+    make_job(sweep, "cem", "acrobot", [3.0, 4.0], seed=2)
+    cells, *_ = collect_cells([sweep])
+    cell = cells[("cem", "acrobot")]
+    assert cell.status == "completed" and sorted(cell.per_seed.values()) == [1.0, 2.0, 3.0, 4.0]
+    assert cell.failures == {1: "Slurm job 7_1 ended CANCELLED by 0 without a result"}
+    md = write_tables([sweep], tmp_path / "out")[0].read_text()
+    assert (
+        "2.5 ± 1.12 (4 seeds); **1 job(s) failed**: seed=1: Slurm job 7_1 ended CANCELLED by 0 without a result" in md
+    )
+    (row,) = csv.DictReader((tmp_path / "out" / "results.csv").open())
+    assert row["reason"] == "seed=1 failed: Slurm job 7_1 ended CANCELLED by 0 without a result"
+
+    rerun = tmp_path / "rerun"
+    make_job(rerun, "cem", "acrobot", [5.0, 6.0], seed=1)
+    cells, *_ = collect_cells([sweep, rerun])
+    assert cells[("cem", "acrobot")].failures == {} and len(cells[("cem", "acrobot")].per_seed) == 6
+
+
 def test_the_caption_names_the_evaluation_episodes_the_jobs_used(tmp_path):
     sweep = make_sweep(tmp_path, ["cem"], ["acrobot"], experiment="ceapg_table2")
     make_job(sweep, "cem", "acrobot", [1.0, 2.0], eval_episodes=4)

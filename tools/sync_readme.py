@@ -8,7 +8,7 @@ is replaced by that file's content, so that no measured table in the README is t
 is a committed file written by a command (`diffrl table ... --out docs/results/...`), and the README
 shows it. `--check` exits non-zero if the README differs from its files (the tests run it).
 
-    python tools/sync_readme.py [--check] [README.md]
+    python tools/sync_readme.py [--check] [README.md docs/cluster.md]
 """
 
 from __future__ import annotations
@@ -38,21 +38,32 @@ def synced(text: str, root: pathlib.Path = ROOT) -> str:
     return BLOCK.sub(refill, text)
 
 
+DOCUMENTS = ("README.md", "docs/cluster.md")  # the files with generated blocks; sources are relative to the repo
+
+
+def source_root(document: pathlib.Path) -> pathlib.Path:
+    """Where a document's block sources live: the repository for its own documents, else the file's folder."""
+    document = document.resolve()
+    return ROOT if document.is_relative_to(ROOT) else document.parent
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("readme", nargs="?", type=pathlib.Path, default=ROOT / "README.md")
-    parser.add_argument("--check", action="store_true", help="only report whether the README is in sync")
+    parser.add_argument("documents", nargs="*", type=pathlib.Path, default=[ROOT / d for d in DOCUMENTS])
+    parser.add_argument("--check", action="store_true", help="only report whether the documents are in sync")
     args = parser.parse_args(argv)
-    text = args.readme.read_text()
-    new = synced(text, args.readme.resolve().parent)
-    if args.check:
-        if new != text:
-            print(f"{args.readme} is out of sync with its generated files: run `make readme`", file=sys.stderr)
-            return 1
-        return 0
-    args.readme.write_text(new)
-    print(f"{args.readme}: {len(BLOCK.findall(text))} generated blocks refilled")
-    return 0
+    stale = 0
+    for document in args.documents:
+        text = document.read_text()
+        new = synced(text, source_root(document))
+        if args.check:
+            if new != text:
+                print(f"{document} is out of sync with its generated files: run `make readme`", file=sys.stderr)
+                stale += 1
+            continue
+        document.write_text(new)
+        print(f"{document}: {len(BLOCK.findall(text))} generated blocks refilled")
+    return 1 if stale else 0
 
 
 if __name__ == "__main__":

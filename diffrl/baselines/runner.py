@@ -19,10 +19,12 @@ import jax
 import numpy as np
 from omegaconf import DictConfig
 
-from diffrl.baselines import trainer_class
+from diffrl.baselines import TORCH_TRAINERS, trainer_class
 from diffrl.baselines.common import Report
+from diffrl.devices import check_divides, requested_devices
 from diffrl.evaluation import make_episode_stats
 from diffrl.experiment import (
+    ConfigError,
     Experiment,
     algorithm_options,
     build_env,
@@ -66,9 +68,22 @@ def keep_rows_of_finished_seeds(path: pathlib.Path, done: int) -> None:
         path.write_text("".join(line + "\n" for line in rows))
 
 
-def build_trainer(cfg: DictConfig, env):
+def build_trainer(cfg: DictConfig, env, training: bool = True):
+    """The external trainer; ``training=False`` only rebuilds its policy (for evaluation, on any device count)."""
     options, iterations = algorithm_options(cfg)
+    if training and cfg.algo.name not in TORCH_TRAINERS:  # Brax's agents pmap their envs over local devices
+        options["max_devices_per_host"] = brax_devices(cfg.hardware.get("devices", 1), int(options["num_envs"]))
     return trainer_class(cfg.algo.name)(env, options, iterations), iterations
+
+
+def brax_devices(value, num_envs: int) -> int:
+    """``hardware.devices`` for a Brax agent: the local devices its pmap spreads ``num_envs`` over."""
+    devices = requested_devices(value)
+    devices = jax.local_device_count() if devices == "all" else devices
+    if devices > jax.local_device_count():
+        raise ConfigError(f"hardware.devices={value}: JAX sees {jax.local_device_count()} local device(s)")
+    check_divides(devices, num_envs, what="algo.num_envs")
+    return devices
 
 
 def load_policies(trainer, run_dir: pathlib.Path, num_seeds: int) -> list[Any]:
@@ -180,7 +195,7 @@ def load_external_policy(run_dir: pathlib.Path, cfg: DictConfig):
     """For ``diffrl eval``: (experiment, params [seeds], normalizer [seeds], env steps per seed) from the
     finished seeds' checkpoints; the policy is rebuilt from the run's config."""
     env = build_env(cfg)
-    trainer, iterations = build_trainer(cfg, env)
+    trainer, iterations = build_trainer(cfg, env, training=False)
     done = finished_seeds(run_dir, int(cfg.num_seeds))
     if done == 0:
         raise FileNotFoundError(f"no finished seed under {pathlib.Path(run_dir) / 'checkpoints'} to evaluate")

@@ -27,26 +27,22 @@ def _runs(root):
 
 
 def test_seeds_sharded_over_two_devices_train_exactly_as_on_one(tmp_path, monkeypatch):
-    """Every job of the sweep runs under the XLA flags a sharded CPU run sets for itself (2 host devices, one
-    thread each), so the 1-device runs are the references a user would compare against. CEM's arithmetic
-    does not depend on how many seeds a device batches; CE-APG's does, by round-off (docs/cluster.md)."""
+    """Both jobs of the sweep run under the XLA flags a sharded CPU run sets for itself (2 host devices, one
+    thread each), so the 1-device run is the reference a user would compare against. CEM's arithmetic does
+    not depend on how many seeds a device batches; CE-APG's does, by round-off (docs/cluster.md)."""
     flags = "--xla_force_host_platform_device_count=2 --xla_cpu_multi_thread_eigen=false"
     monkeypatch.setenv("XLA_FLAGS", f"{os.environ.get('XLA_FLAGS', '')} {flags}")
-    run_diffrl("train", "-m", *SMOKE, "hardware.devices=1,2", "num_seeds=2,4", cwd=tmp_path)
+    run_diffrl("train", "-m", *SMOKE, "hardware.devices=1,2", "num_seeds=4", cwd=tmp_path)
     runs = _runs(tmp_path)
-    assert set(runs) == {(1, 2), (1, 4), (2, 2), (2, 4)}
-    log = (next((tmp_path / "outputs").glob("multirun/*/*/*devices=2,num_seeds=4")) / "train.log").read_text()
+    assert set(runs) == {(1, 4), (2, 4)}
+    log = (next((tmp_path / "outputs").glob("multirun/*/*/*devices=2*")) / "train.log").read_text()
     assert "4 seeds sharded over 2 devices" in log
 
     # Two seeds a device: the same metrics and final returns as on one device, bit for bit.
     (sharded_rows, sharded), (one_rows, one) = runs[(2, 4)], runs[(1, 4)]
+    assert [r["iteration"] for r in sharded_rows] == [2, 4]
     assert [deterministic_part(r) for r in sharded_rows] == [deterministic_part(r) for r in one_rows]
     assert sharded["final_return"] == one["final_return"]
-    # Device 0 holds seeds 0 and 1, computed as a 1-device, 2-seed run computes them.
-    assert [r["return"][:2] for r in sharded_rows] == [r["return"] for r in runs[(1, 2)][0]]
-    # One seed a device: XLA compiles a batch of one differently (no batch dimension), so round-off only.
-    for a, b in zip(runs[(2, 2)][0], runs[(1, 2)][0]):
-        assert a["return"] == pytest.approx(b["return"], rel=1e-4)
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@ expected jobs, and the table pipeline runs end to end on a micro budget through 
 
 import csv
 import json
+import types
 
 import pytest
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
@@ -116,3 +117,19 @@ def test_a_crashing_job_leaves_the_rest_of_the_sweep_running(tmp_path):
     assert completed["status"] == "completed"
     proc = run_diffrl("table", str(tables / "table2_nope"), cwd=tmp_path)
     assert "**failed**: ConfigError: unknown budget 'nope'" in proc.stdout
+
+
+def test_a_job_that_left_no_result_is_named_by_what_ended_it():
+    """The Slurm launcher's record of a dead job (tests/test_slurm.py runs it against a real cluster)."""
+    from submitit.core.utils import FailedJobError, UncompletedJobError
+
+    from hydra_plugins.diffrl_launcher.submitit_launchers import SlurmLauncher
+
+    job = types.SimpleNamespace(job_id="9_1", state="CANCELLED by 0")
+    cancelled = UncompletedJobError("Job 9_1 (task: 0) has not produced any output (state: CANCELLED by 0)")
+    assert SlurmLauncher().failure_reason(job, cancelled) == "Slurm job 9_1 ended CANCELLED by 0 without a result"
+    raised = FailedJobError(
+        "Job (task=0) failed during processing with trace:\n---\nTraceback (most recent call last):\n"
+        '  File "x.py", line 1, in <module>\nValueError: boom\n'
+    )
+    assert SlurmLauncher().failure_reason(job, raised) == "Slurm job 9_1 raised ValueError: boom"

@@ -58,25 +58,37 @@ class _ResumingMixin:
 
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
+        if "mode" in self.config.hydra.sweep:
+            os.chmod(sweep_dir, mode=int(str(self.config.hydra.sweep.mode), 8))
         log.info(f"Submitit '{self._EXECUTOR}' sweep output dir : {sweep_dir}")
         jobs_args = []
         for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
             log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
             jobs_args.append((list(overrides), "hydra.sweep.dir", idx, f"job_id_for_{idx}", Singleton.get_state()))
         jobs = executor.map_array(self, *zip(*jobs_args))
-        return [self._result(job, *args[:3]) for job, args in zip(jobs, jobs_args)]
+        return [self._result(job, overrides, idx) for job, (overrides, _, idx, *_) in zip(jobs, jobs_args)]
 
-    def _result(self, job: Any, overrides: list[str], job_dir_key: str, idx: int) -> JobReturn:
+    def _result(self, job: Any, overrides: list[str], idx: int) -> JobReturn:
         try:
             return job.results()[0]
         except Exception as err:  # submitit's UncompletedJobError / FailedJobError: the job left no result
             return self._record_failure(job, overrides, idx, err)
 
+    def failure_reason(self, job: Any, err: Exception) -> str:
+        """What ended a job without a result: Slurm's state (CANCELLED, TIMEOUT, NODE_FAIL, OUT_OF_MEMORY...),
+        or the exception the job raised outside diffrl's own handler (e.g. while composing its config)."""
+        from submitit.core.utils import FailedJobError
+
+        name = f"{'Slurm job' if self._EXECUTOR == 'slurm' else 'job'} {job.job_id}"
+        if isinstance(err, FailedJobError):
+            lines = [line for line in str(err).splitlines() if line.strip()]
+            return f"{name} raised {lines[-1].strip() if lines else type(err).__name__}"
+        return f"{name} ended {getattr(job, 'state', 'UNKNOWN')} without a result"
+
     def _record_failure(self, job: Any, overrides: list[str], idx: int, err: Exception) -> JobReturn:
         from diffrl.experiment import write_failed_summary
 
-        state = getattr(job, "state", "UNKNOWN")
-        reason = f"{'Slurm job' if self._EXECUTOR == 'slurm' else 'job'} {job.job_id} ended {state} without a result"
+        reason = self.failure_reason(job, err)
         try:
             config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
             with open_dict(config.hydra.job):

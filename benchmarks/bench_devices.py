@@ -65,11 +65,11 @@ def main() -> None:
         "| final returns vs 1 device, one thread |",
         "|---|---|---|---|---|---|",
     ]
+    one_train_s = one["wall_clock_s"] - one["compile_time_s"]
+    reference = runs["1, one thread"]["final_return"]["per_seed"]
     for label, summary in runs.items():
         train_s = summary["wall_clock_s"] - summary["compile_time_s"]
         steps = summary["env_steps_per_seed"] * summary["num_seeds"]
-        one_train_s = one["wall_clock_s"] - one["compile_time_s"]
-        reference = runs["1, one thread"]["final_return"]["per_seed"]
         diff = max(abs(a - b) / max(abs(b), 1e-12) for a, b in zip(summary["final_return"]["per_seed"], reference))
         lines.append(
             f"| {label} | {summary['compile_time_s']:.1f} | {train_s:.1f} | {steps / train_s:,.0f} | "

@@ -4,9 +4,10 @@ one-dimensional mesh, each device running the same compiled chunk on its own sli
 Seeds never talk to each other inside a training step, so the sharded program is the unsharded one run
 per slice (``shard_map``), with no collective. On CPU, ``hardware.devices=<n>`` asks XLA for ``n`` host
 devices (``--xla_force_host_platform_device_count``), each on one thread (``--xla_cpu_multi_thread_eigen=false``),
-so a laptop runs the sharded program too. With the same XLA flags, a run's metrics and checkpoints are the
-same, bit for bit, whatever the device count (multi-threaded Eigen splits a matmul by the thread count and
-the batch, and moves the last bits).
+so a laptop runs the sharded program too. Under the same XLA flags, a device's seeds are computed bit for bit
+as a one-device run with that many seeds computes them; against one device holding all the seeds, an
+algorithm whose arithmetic depends on the seed batch (CE-APG's does, CEM's does not) moves by round-off
+(docs/cluster.md).
 """
 
 from __future__ import annotations
@@ -64,8 +65,9 @@ def request_host_devices(hardware) -> None:
     os.environ["XLA_FLAGS"] = flags.strip()
 
 
-def local_devices(value: Any, num_seeds: int) -> list[jax.Device]:
-    """The devices this job shards its seeds over (after JAX is configured, before any compile)."""
+def local_devices(value: Any, shared: int, what: str = "num_seeds") -> list[jax.Device]:
+    """The devices this job spreads ``shared`` (its seeds, or a Brax agent's envs) over; after JAX is
+    configured, before any compile."""
     count = requested_devices(value)
     available = jax.local_devices()
     count = len(available) if count == "all" else count
@@ -78,7 +80,7 @@ def local_devices(value: Any, num_seeds: int) -> list[jax.Device]:
             else ""
         )
         raise DeviceError(f"hardware.devices={value}: JAX sees {len(available)} {platform} device(s){hint}")
-    check_divides(count, num_seeds)
+    check_divides(count, shared, what)
     return available[:count]
 
 

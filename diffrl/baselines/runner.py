@@ -21,10 +21,9 @@ from omegaconf import DictConfig
 
 from diffrl.baselines import TORCH_TRAINERS, trainer_class
 from diffrl.baselines.common import Report
-from diffrl.devices import check_divides, requested_devices
+from diffrl.devices import local_devices
 from diffrl.evaluation import make_episode_stats
 from diffrl.experiment import (
-    ConfigError,
     Experiment,
     algorithm_options,
     build_env,
@@ -72,18 +71,9 @@ def build_trainer(cfg: DictConfig, env, training: bool = True):
     """The external trainer; ``training=False`` only rebuilds its policy (for evaluation, on any device count)."""
     options, iterations = algorithm_options(cfg)
     if training and cfg.algo.name not in TORCH_TRAINERS:  # Brax's agents pmap their envs over local devices
-        options["max_devices_per_host"] = brax_devices(cfg.hardware.get("devices", 1), int(options["num_envs"]))
+        devices = local_devices(cfg.hardware.get("devices", 1), int(options["num_envs"]), what="algo.num_envs")
+        options["max_devices_per_host"] = len(devices)
     return trainer_class(cfg.algo.name)(env, options, iterations), iterations
-
-
-def brax_devices(value, num_envs: int) -> int:
-    """``hardware.devices`` for a Brax agent: the local devices its pmap spreads ``num_envs`` over."""
-    devices = requested_devices(value)
-    devices = jax.local_device_count() if devices == "all" else devices
-    if devices > jax.local_device_count():
-        raise ConfigError(f"hardware.devices={value}: JAX sees {jax.local_device_count()} local device(s)")
-    check_divides(devices, num_envs, what="algo.num_envs")
-    return devices
 
 
 def load_policies(trainer, run_dir: pathlib.Path, num_seeds: int) -> list[Any]:

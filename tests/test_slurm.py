@@ -3,7 +3,8 @@ machine): submitted as a job array, one job told to checkpoint and requeue (Slur
 or preemption), one cancelled for good, one preempted by a higher-priority partition. The interrupted jobs
 end exactly where an uninterrupted run ends; the cancelled one is a named failure in the table.
 
-Slow (a few minutes) and needs root on Debian/Ubuntu (it installs and starts the daemons): `make test-slurm`.
+Slow (a few minutes): `make test-slurm`. It uses the local cluster if it is up; otherwise it brings one up, which
+needs root on Debian/Ubuntu (it installs and starts the daemons).
 """
 
 import os
@@ -34,13 +35,25 @@ SLURM = ("launcher=slurm", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem
 INTERRUPT_AFTER = 10  # iterations checkpointed before a job is interrupted
 
 
+def cluster_is_up() -> bool:
+    """A cluster made by tools/slurm_cluster.sh answers (its `urgent` partition is what preempts here)."""
+    if shutil.which("sinfo") is None:
+        return False
+    return subprocess.run(["sinfo", "-h", "-p", "urgent", "-o", "%P"], capture_output=True, text=True).stdout != ""
+
+
 @pytest.fixture(scope="module")
 def slurm_cluster():
+    """The local cluster: used if it is up (any user), else brought up (root on Debian/Ubuntu)."""
+    if cluster_is_up():
+        return
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        pytest.skip("the local Slurm cluster needs root on Debian/Ubuntu (tools/slurm_cluster.sh)")
+        pytest.skip(
+            "no local Slurm cluster is up, and bringing one up needs root on Debian/Ubuntu: "
+            "sudo tools/slurm_cluster.sh up"
+        )
     up = subprocess.run([str(REPO / "tools" / "slurm_cluster.sh"), "up"], capture_output=True, text=True, timeout=900)
     assert up.returncode == 0, f"tools/slurm_cluster.sh up failed:\n{up.stdout}\n{up.stderr}"
-    yield
 
 
 def squeue(*fmt: str) -> list[list[str]]:

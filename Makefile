@@ -54,6 +54,7 @@ bench: install ## benchmarks (not tests): env, gradient and wrapper speeds, PPO/
 	$(BIN)/python -m benchmarks.bench_envs --quick $(ARGS)
 	$(BIN)/python -m benchmarks.bench_analytic --quick $(ARGS)
 	$(BIN)/python -m benchmarks.bench_apg --quick $(ARGS)
+	$(BIN)/python -m benchmarks.bench_ceapg_speed --rounds 1 $(ARGS)
 	$(BIN)/python -m benchmarks.bench_baselines --quick $(ARGS)
 	$(BIN)/python -m benchmarks.bench_contact --quick $(ARGS)
 	$(BIN)/python -m benchmarks.bench_shac --quick $(ARGS)

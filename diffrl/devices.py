@@ -1,5 +1,8 @@
 """One job across several local devices (``hardware.devices``): the vmapped seed axis is sharded over a
-one-dimensional mesh, each device running the same compiled chunk on its own slice of the seeds.
+one-dimensional mesh, each device running the same compiled chunk on its own slice of the seeds. When the
+device count does not divide the seeds (one seed on two devices), the population algorithms (CE-APG, PAPG,
+CEM) shard their population instead: each device refines or scores its own slice of the candidates, and
+the elite selection sees them all.
 
 Seeds never talk to each other inside a training step, so the sharded program is the unsharded one run
 per slice (``shard_map``), with no collective. On CPU, ``hardware.devices=<n>`` asks XLA for ``n`` host
@@ -21,6 +24,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from diffrl.errors import ConfigError
 
 SEED_AXIS = "seeds"
+POPULATION_AXIS = "population"
 HOST_DEVICE_FLAG = "--xla_force_host_platform_device_count"
 SINGLE_THREAD_FLAG = "--xla_cpu_multi_thread_eigen=false"
 
@@ -42,12 +46,20 @@ def requested_devices(value: Any) -> int | str:
     return count
 
 
-def check_divides(devices: int, num_seeds: int, what: str = "num_seeds") -> None:
-    if num_seeds % devices:
+def check_divides(devices: int, num_seeds: int, what: str = "num_seeds", population: int | None = None) -> None:
+    """Each device takes an equal share of the seeds, or else (``population`` given) of the population."""
+    if num_seeds % devices == 0 or (population is not None and population % devices == 0):
+        return
+    if population is None:
         raise DeviceError(
             f"hardware.devices={devices} does not divide {what}={num_seeds}: each device trains an equal share "
             f"of the seeds; use {what}=<a multiple of {devices}> or hardware.devices=<a divisor of {num_seeds}>"
         )
+    raise DeviceError(
+        f"hardware.devices={devices} divides neither {what}={num_seeds} nor the population ({population}): each "
+        f"device trains an equal share of the seeds, or else of each seed's population; use {what}=<a multiple "
+        f"of {devices}> or hardware.devices=<a divisor of {num_seeds} or {population}>"
+    )
 
 
 def request_host_devices(hardware) -> None:
@@ -65,9 +77,9 @@ def request_host_devices(hardware) -> None:
     os.environ["XLA_FLAGS"] = flags.strip()
 
 
-def local_devices(value: Any, shared: int, what: str = "num_seeds") -> list[jax.Device]:
-    """The devices this job spreads ``shared`` (its seeds, or a Brax agent's envs) over; after JAX is
-    configured, before any compile."""
+def local_devices(value: Any, shared: int, what: str = "num_seeds", population: int | None = None) -> list[jax.Device]:
+    """The devices this job spreads ``shared`` (its seeds, or a Brax agent's envs), or else its
+    ``population``, over; after JAX is configured, before any compile."""
     count = requested_devices(value)
     available = jax.local_devices()
     count = len(available) if count == "all" else count
@@ -80,13 +92,28 @@ def local_devices(value: Any, shared: int, what: str = "num_seeds") -> list[jax.
             else ""
         )
         raise DeviceError(f"hardware.devices={value}: JAX sees {len(available)} {platform} device(s){hint}")
-    check_divides(count, shared, what)
+    check_divides(count, shared, what, population)
     return available[:count]
 
 
 def seed_mesh(devices: list[jax.Device]) -> Mesh | None:
     """A mesh over ``devices`` with one axis, the seeds; ``None`` for one device (no sharding at all)."""
     return Mesh(devices, (SEED_AXIS,)) if len(devices) > 1 else None
+
+
+def population_mesh(devices: list[jax.Device]) -> Mesh | None:
+    """A mesh over ``devices`` with one axis, an algorithm's population; ``None`` for one device."""
+    return Mesh(devices, (POPULATION_AXIS,)) if len(devices) > 1 else None
+
+
+def over_population(fn, mesh: Mesh | None):
+    """``jax.vmap(fn)`` over the leading (population) axis of every argument and output; with a mesh, each
+    device maps its own slice (values ``fn`` closes over are replicated)."""
+    mapped = jax.vmap(fn)
+    if mesh is None:
+        return mapped
+    spec = PartitionSpec(POPULATION_AXIS)
+    return jax.shard_map(mapped, mesh=mesh, in_specs=spec, out_specs=spec, check_vma=False)
 
 
 def shard_seeds(tree: Any, mesh: Mesh | None) -> Any:

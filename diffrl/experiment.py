@@ -24,7 +24,7 @@ import numpy as np
 from brax.envs.base import Env
 from omegaconf import DictConfig, OmegaConf
 
-from diffrl.algos import DETERMINISTIC_POLICY_ALGOS, check_policy
+from diffrl.algos import DETERMINISTIC_POLICY_ALGOS, POPULATION_OPTIONS, check_policy
 from diffrl.baselines import EXTERNAL_TRAINERS, TORCH_TRAINERS
 from diffrl.devices import check_divides, request_host_devices, requested_devices
 from diffrl.envs import check_backend, make_env
@@ -129,7 +129,7 @@ def check_config(cfg: DictConfig) -> None:
     check_backend(cfg.env.name, cfg.env.backend)
     devices = requested_devices(cfg.hardware.get("devices", 1))
     if isinstance(devices, int) and not is_external(cfg):
-        check_divides(devices, int(cfg.num_seeds))
+        check_divides(devices, int(cfg.num_seeds), population=population_size(cfg.algo.name, algorithm_options(cfg)[0]))
     policy = cfg.get("policy")
     if is_external(cfg):
         if cfg.algo.name in TORCH_TRAINERS and devices != 1:
@@ -161,6 +161,13 @@ def check_config(cfg: DictConfig) -> None:
         check_policy(cfg.algo.name, policy.name, policy.name in STOCHASTIC_POLICIES)
     except ValueError as err:
         raise ConfigError(str(err)) from None
+
+
+def population_size(algo: str, options: dict[str, Any]) -> int | None:
+    """Candidates (CE-APG, CEM) or parallel runs (PAPG) each iteration: what ``hardware.devices`` shards when
+    it does not divide the seeds. ``None`` for algorithms without a population."""
+    key = POPULATION_OPTIONS.get(algo)
+    return int(options[key]) if key else None
 
 
 def algorithm_options(cfg: DictConfig) -> tuple[dict[str, Any], int]:

@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 
 from diffrl.algos import Algorithm, make_algorithm
 from diffrl.checkpoint import Checkpointer
-from diffrl.devices import local_devices, per_seed_shards, seed_mesh, shard_seeds
+from diffrl.devices import local_devices, per_seed_shards, population_mesh, seed_mesh, shard_seeds
 from diffrl.errors import TrainingDiverged
 from diffrl.evaluation import make_episode_stats
 from diffrl.experiment import (
@@ -35,6 +35,7 @@ from diffrl.experiment import (
     evaluation_key,
     is_external,
     make_logger,
+    population_size,
     seed_keys,
     write_summary,
 )
@@ -150,6 +151,20 @@ def summarize_chunk(metrics: dict[str, np.ndarray]) -> dict[str, Any]:
     return out
 
 
+def place_on_devices(cfg: DictConfig, exp: Experiment):
+    """``hardware.devices``: the seed mesh the runner shards its states over (``None`` for one device, or
+    when the algorithm shards its population instead), and a phrase for the log."""
+    num_seeds = int(cfg.num_seeds)
+    population = population_size(cfg.algo.name, algorithm_options(cfg)[0])
+    devices = local_devices(cfg.hardware.get("devices", 1), num_seeds, population=population)
+    if len(devices) == 1:
+        return None, ""
+    if num_seeds % len(devices) == 0:
+        return seed_mesh(devices), f" sharded over {len(devices)} devices"
+    exp.algo.population_mesh = population_mesh(devices)
+    return None, f", each seed's population ({population}) sharded over {len(devices)} devices"
+
+
 def train_compiled(cfg: DictConfig, run_dir: pathlib.Path) -> dict[str, Any]:
     """diffrl's own algorithms: seeds vmapped, iterations scanned into compiled chunks."""
     configure_jax(cfg.hardware)
@@ -157,7 +172,7 @@ def train_compiled(cfg: DictConfig, run_dir: pathlib.Path) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)  # Hydra makes it for `diffrl train`; library callers may not
     exp = build_experiment(cfg)
     algo, num_seeds = exp.algo, int(cfg.num_seeds)
-    mesh = seed_mesh(local_devices(cfg.hardware.get("devices", 1), num_seeds))
+    mesh, sharding = place_on_devices(cfg, exp)
     log.info(
         "%s on %s (%s backend, %s policy): %d iterations x %d seeds%s, %d env steps per iteration per seed",
         cfg.algo.name,
@@ -166,7 +181,7 @@ def train_compiled(cfg: DictConfig, run_dir: pathlib.Path) -> dict[str, Any]:
         exp.policy.name,
         exp.iterations,
         num_seeds,
-        f" sharded over {mesh.size} devices" if mesh else "",
+        sharding,
         algo.env_steps_per_iteration,
     )
 

@@ -42,6 +42,8 @@ LEARNING = {
     "sb3_sac": (("algo=sb3_sac", "iterations=48000"), 500),
 }
 SLOW = {"sac", "sb3_sac"}
+# Brax APG on the cart-pole swing-up, seed 0: -4921 -> -1338 after 100 updates (45 s).
+BRAX_APG_UPDATES, BRAX_APG_GAIN = 100, 1500.0
 
 
 def read_rows(run_dir):
@@ -65,6 +67,11 @@ def test_short_run_improves_on_the_initial_policy_and_reloads(algo, tmp_path):
     rows = read_rows(tmp_path)
     assert rows[0]["env_steps"] == 0 and rows[-1]["env_steps"] >= int(overrides[1].split("=")[1])
     initial, final = rows[0]["return"], summary["final_return"]["mean"]
+    if algo.startswith("sb3"):
+        # SB3's reports score every model with one evaluator and one key (the agent seed's): the first
+        # (before training) and the last (the trained model) compare like with like. Brax's evaluator
+        # draws fresh start states at each report, so there the final evaluation stands in.
+        final = rows[-1]["return"]
     assert final > initial + min_gain, f"{algo}: {initial:.0f} -> {final:.0f}"
     assert len(summary["final_return"]["per_seed"]) == 1 and summary["seeds"] == "sequential"
 
@@ -75,12 +82,14 @@ def test_short_run_improves_on_the_initial_policy_and_reloads(algo, tmp_path):
 
 
 @pytest.mark.slow
-def test_brax_apg_runs_end_to_end(tmp_path):
-    summary = train(compose_train(*COMMON, "algo=brax_apg", "iterations=20"), tmp_path)
+def test_brax_apg_learns_the_cartpole_swing_up(tmp_path):
+    """Brax's own APG loop and MLP policy, through the closed-form cart-pole."""
+    summary = train(compose_train(*COMMON, "algo=brax_apg", f"iterations={BRAX_APG_UPDATES}"), tmp_path)
     rows = read_rows(tmp_path)
-    assert [r["iteration"] for r in rows] == [0, 10, 20]
-    assert rows[-1]["env_steps"] == 20 * 24 * 100  # updates x envs x horizon (the quick budget's 100)
-    assert np.isfinite(summary["final_return"]["mean"])
+    assert [r["iteration"] for r in rows] == [0, BRAX_APG_UPDATES // 2, BRAX_APG_UPDATES]
+    assert rows[-1]["env_steps"] == BRAX_APG_UPDATES * 24 * 100  # updates x envs x horizon (the quick budget's)
+    initial, final = rows[0]["return"], summary["final_return"]["mean"]
+    assert final > initial + BRAX_APG_GAIN, f"brax_apg: {initial:.0f} -> {final:.0f}"
 
 
 @pytest.mark.parametrize("algo", ["ppo", "sac", "brax_apg"])

@@ -5,10 +5,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffrl.algos.cem import cross_entropy_update
+from diffrl.algos.cem import cross_entropy_update, sample_candidates
 from diffrl.evaluation import make_evaluator
-from diffrl.experiment import seed_keys
+from diffrl.experiment import evaluation_key, seed_keys
 from diffrl.run import build_experiment, train
+
+# Measured (seeds 0, 1): best of the first population [314, -94], after 20 iterations [387, 330].
+MARGIN = 30.0
 
 
 def test_cross_entropy_update_on_a_hand_computed_toy():
@@ -41,8 +44,9 @@ def test_elites_must_fit_the_population(fast_cfg):
 
 
 def test_cem_learns_on_the_acrobot(fast_cfg, tmp_path):
-    """20 iterations (24 candidates, 500-step episodes, 2 seeds). Measured: initial policies
-    [310, -2041] -> [387, 313]; a random GRU policy can already score ~300, hanging still scores 65."""
+    """20 iterations (24 candidates, 500-step episodes, 2 seeds) beat the best of CEM's own first
+    population: the 24 policies it samples around its initial mean, evaluated like the final policy
+    (same evaluator, same start states). A random GRU policy can already score ~300 here."""
     cfg = fast_cfg(
         "algo=cem",
         "iterations=20",
@@ -54,10 +58,14 @@ def test_cem_learns_on_the_acrobot(fast_cfg, tmp_path):
     exp = build_experiment(cfg)
     initial = jax.jit(jax.vmap(exp.algo.init))(seed_keys(cfg.seed, cfg.num_seeds))
     evaluate = make_evaluator(exp.env, exp.policy, exp.episode_length, episodes=4)
-    params, normalizer = jax.vmap(exp.algo.policy_params)(initial)
-    before = np.asarray(evaluate(params, normalizer, jax.random.PRNGKey(cfg.seed + 1_000_003))).mean(axis=1)
+    eval_key = evaluation_key(cfg.seed)
+    first_sample = lambda s: sample_candidates(jax.random.split(s.key, 3)[1], s.mean, s.std, exp.algo.config.population)
+    candidates = jax.vmap(first_sample)(initial)  # the keys of its first train_step
+    unravel = jax.vmap(jax.vmap(exp.algo._unravel))
+    normalizers = jax.tree.map(lambda x: jnp.repeat(x[:, None], candidates.shape[1], axis=1), initial.normalizer)
+    scores = jax.vmap(lambda p, n: evaluate(p, n, eval_key).mean(axis=1))(unravel(candidates), normalizers)
+    best_of_first_population = np.asarray(scores).max(axis=1)  # per seed
 
     summary = train(cfg, tmp_path)
     after = np.asarray(summary["final_return"]["per_seed"])
-    assert after.mean() > before.mean() + 300, (before, after)
-    assert np.all(after > 200), (before, after)
+    assert np.all(after > best_of_first_population + MARGIN), (best_of_first_population, after)

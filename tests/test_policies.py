@@ -1,12 +1,18 @@
 """Policies behind one interface (gru, mlp, gaussian_mlp) and the value network."""
 
+import dataclasses
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.flatten_util import ravel_pytree
 
+from diffrl.envs import make_env
 from diffrl.networks import POLICIES, make_gru_policy, make_policy, make_value_network
 from diffrl.networks.gru import paper_hidden_size
+from diffrl.rollout import episode_return
 
 from conftest import compose_train
 
@@ -31,6 +37,45 @@ def test_gru_policy_is_the_papers_shape():
     assert paper_hidden_size(4) == 16 and paper_hidden_size(8) == 32
     assert params["Dense_0"]["kernel"].shape == (4, 16) and policy.carry_size == 4
     assert params["Dense_3"]["kernel"].shape == (16, 1)
+
+
+class FlaxGRUPolicy(nn.Module):
+    """The GRU policy as it was written on flax's own layers (before diffrl/networks/small.py)."""
+
+    action_size: int
+    hidden_size: int
+
+    @nn.compact
+    def __call__(self, carry, obs):
+        x = nn.relu(nn.Dense(self.hidden_size)(obs))
+        carry, x = nn.GRUCell(features=carry.shape[-1])(carry, x)
+        x = nn.relu(nn.Dense(self.hidden_size)(x))
+        x = nn.relu(nn.Dense(self.hidden_size)(x))
+        return carry, jnp.tanh(nn.Dense(self.action_size)(x))
+
+
+def test_fused_gru_policy_is_flaxs_gru_policy_up_to_round_off():
+    """Same parameters from the same key; the same return of a 200-step acrobot episode, and the same
+    gradient of it, up to float round-off (the fused matmuls only sum in another order)."""
+    env = make_env("acrobot", "analytic")
+    fused = make_gru_policy(env.observation_size, env.action_size)
+    reference = dataclasses.replace(
+        fused, module=FlaxGRUPolicy(fused.action_size, paper_hidden_size(env.observation_size))
+    )
+    params = fused.init(jax.random.PRNGKey(3))
+    assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.all(a == b)), params, reference.init(jax.random.PRNGKey(3))))
+    flat, unravel = ravel_pytree(params)
+    start = env.reset(jax.random.PRNGKey(4))
+    normalizer = fused.init_normalizer()
+
+    def value_and_grad(policy):
+        fn = lambda p: episode_return(env, policy, unravel(p), normalizer, start, 200)
+        return jax.jit(jax.value_and_grad(fn))(flat)
+
+    (value, grad), (ref_value, ref_grad) = value_and_grad(fused), value_and_grad(reference)
+    assert abs(float(ref_value)) > 1.0 and float(jnp.linalg.norm(ref_grad)) > 1e-3
+    np.testing.assert_allclose(value, ref_value, rtol=1e-5)
+    np.testing.assert_allclose(grad, ref_grad, rtol=1e-3, atol=1e-4 * float(jnp.max(jnp.abs(ref_grad))))
 
 
 def test_mlp_widths_activation_and_layer_norm_are_configurable():

@@ -123,7 +123,9 @@ def test_cem_with_an_mlp_trains_evaluates_and_replays_a_task_that_terminates(tmp
 @pytest.mark.parametrize("run", json.loads(PINNED.read_text()))
 def test_swingup_results_are_unchanged_by_the_generalised_rollout(run, tmp_path):
     """Recorded at commit fb43257 (before tasks could terminate, before the Policy interface): the same
-    smoke runs must give the same numbers, bit for bit, on this CPU."""
+    smoke runs give the same numbers up to float round-off, on this CPU. Bit for bit until the GRU's
+    matmuls were fused (diffrl/networks/small.py): summing in another order moves the forward values
+    by ~1e-7 (tests/test_policies.py), and a few Adam steps on them amplify that to at most 2e-3."""
     algo, env = run.split("/")
     cfg = compose_train(
         "debug=smoke", "logger.console.progress_bar=false", f"algo={algo}", f"env={env}", "checkpoint.enabled=false"
@@ -131,6 +133,6 @@ def test_swingup_results_are_unchanged_by_the_generalised_rollout(run, tmp_path)
     summary = train(cfg, tmp_path)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     expected = json.loads(PINNED.read_text())[run]
-    assert [row["return"] for row in rows] == expected["train"]
-    assert summary["final_return"]["per_seed"] == expected["final"]
+    np.testing.assert_allclose([row["return"] for row in rows], expected["train"], rtol=5e-3)
+    np.testing.assert_allclose(summary["final_return"]["per_seed"], expected["final"], rtol=5e-3)
     assert summary["final_upright_fraction"]["per_seed"] == expected["upright"]

@@ -72,6 +72,10 @@ def make_algorithm(name: str, env: Env, policy: Policy, options: dict[str, Any],
     return ALGORITHMS[name](env, policy, options, iterations)
 
 
+# The option holding each population algorithm's population: what ``hardware.devices`` shards when it does
+# not divide the seeds (diffrl/devices.py).
+POPULATION_OPTIONS = {"ce_apg": "population", "cem": "population", "papg": "runs"}
+
 # Algorithms that search over, or differentiate through, a deterministic policy's actions.
 DETERMINISTIC_POLICY_ALGOS = ("cem", "papg", "ce_apg")
 
@@ -85,4 +89,11 @@ def check_policy(algo: str, policy: str, stochastic: bool) -> None:
         )
 
 
-__all__ = ["ALGORITHMS", "DETERMINISTIC_POLICY_ALGOS", "Algorithm", "check_policy", "make_algorithm"]
+__all__ = [
+    "ALGORITHMS",
+    "DETERMINISTIC_POLICY_ALGOS",
+    "POPULATION_OPTIONS",
+    "Algorithm",
+    "check_policy",
+    "make_algorithm",
+]

@@ -20,6 +20,7 @@ from brax.envs.base import Env
 from flax import struct
 from jax.flatten_util import ravel_pytree
 
+from diffrl.devices import over_population
 from diffrl.networks.base import NormalizerState, Params, Policy
 from diffrl.rollout import NO_GRADIENT_OPTIONS, GradientOptions, episode
 
@@ -228,6 +229,7 @@ class PAPG:
     """Parallel APG: ``runs`` independent APG optimisations (vmapped); the best run is the policy."""
 
     name = "papg"
+    population_mesh = None  # set by the runner to refine the runs on several devices
 
     def __init__(self, env: Env, policy: Policy, config: PAPGConfig):
         self.config = config
@@ -261,10 +263,11 @@ class PAPG:
         normalizer = state.normalizer
         if c.update_normalizer:
             observe = lambda flat: rollout_observations(self.core, flat, normalizer, obs_key)
-            observations = jax.vmap(observe)(state.params)
+            observations = over_population(observe, self.population_mesh)(state.params)
             normalizer = self.core.policy.update_normalizer(normalizer, observations)
         refine = lambda p, o, k: self.core.refine(p, o, normalizer, k, c.steps_per_iteration, c.learning_rate)
-        params, opt_state, trace = jax.vmap(refine)(state.params, state.opt_state, jax.random.split(run_key, c.runs))
+        refine_all = over_population(refine, self.population_mesh)
+        params, opt_state, trace = refine_all(state.params, state.opt_state, jax.random.split(run_key, c.runs))
         scores = recent_score(trace, c.score_window)
         new_state = PAPGState(params, opt_state, scores, normalizer, key)
         finite = jnp.where(jnp.isfinite(scores), scores, jnp.nan)

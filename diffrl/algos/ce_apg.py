@@ -24,6 +24,7 @@ from flax import struct
 
 from diffrl.algos.apg import APGCore, GradientConfig, apg_metrics, recent_score, rollout_observations
 from diffrl.algos.cem import cross_entropy_update, sample_candidates
+from diffrl.devices import over_population
 from diffrl.networks.base import NormalizerState, Params, Policy
 
 
@@ -72,6 +73,7 @@ def log_linear_learning_rate(iteration: jax.Array, iterations: int, start: float
 
 class CEAPG:
     name = "ce_apg"
+    population_mesh = None  # set by the runner to refine the candidates on several devices
 
     def __init__(self, env: Env, policy: Policy, config: CEAPGConfig):
         self.config = config
@@ -111,7 +113,8 @@ class CEAPG:
             flat, opt_state, trace = self.core.refine(flat, opt_state, normalizer, k, c.apg_steps, lr)
             return flat, opt_state, trace
 
-        refined, opt_states, trace = jax.vmap(refine)(candidates, jax.random.split(refine_key, c.population))
+        refine_all = over_population(refine, self.population_mesh)
+        refined, opt_states, trace = refine_all(candidates, jax.random.split(refine_key, c.population))
         scores = recent_score(trace, c.score_window)
         mean, std, elite_idx = cross_entropy_update(state.mean, refined, scores, c.elites, c.min_std)
         best = refined[elite_idx[0]]  # top_k sorts, so the first elite is the best candidate

@@ -17,6 +17,7 @@ from flax import struct
 from jax.flatten_util import ravel_pytree
 
 from diffrl.algos.apg import EpisodeBatch, episodes_from, training_episode_metrics
+from diffrl.devices import over_population
 from diffrl.networks.base import NormalizerState, Params, Policy
 
 
@@ -68,6 +69,7 @@ def cross_entropy_update(
 
 class CEM:
     name = "cem"
+    population_mesh = None  # set by the runner to score the candidates on several devices
 
     def __init__(self, env: Env, policy: Policy, config: CEMConfig):
         self.env, self.policy, self.config = env, policy, config
@@ -104,7 +106,8 @@ class CEM:
         key, sample_key, start_key = jax.random.split(state.key, 3)
         starts = jax.vmap(self.env.reset)(jax.random.split(start_key, c.episodes_per_candidate))
         candidates = sample_candidates(sample_key, state.mean, state.std, c.population)
-        scores, episodes = jax.vmap(self._score, in_axes=(0, None, None))(candidates, state.normalizer, starts)
+        score = lambda candidate: self._score(candidate, state.normalizer, starts)
+        scores, episodes = over_population(score, self.population_mesh)(candidates)
         mean, std, _ = cross_entropy_update(state.mean, candidates, scores, c.elites, c.min_std)
         normalizer = state.normalizer
         if c.update_normalizer:

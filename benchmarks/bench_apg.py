@@ -20,7 +20,6 @@ import argparse
 import os
 import pathlib
 import platform
-import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # XLA logs harmless CPU-feature notes per cached program
@@ -28,6 +27,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # XLA logs harmless CPU-feat
 import jax  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 
+from benchmarks.timing import time_compiled  # noqa: E402
 from diffrl.experiment import seed_keys  # noqa: E402
 from diffrl.run import build_experiment, make_chunk_runner  # noqa: E402
 
@@ -43,14 +43,7 @@ def time_chunk(cfg, iterations: int, repeats: int) -> tuple[float, float, int]:
     """(compile s, best run s, env steps per seed per iteration) of one compiled chunk."""
     exp = build_experiment(cfg)
     states = jax.jit(jax.vmap(exp.algo.init))(seed_keys(int(cfg.seed), int(cfg.num_seeds)))
-    t0 = time.perf_counter()
-    run = make_chunk_runner(exp.algo).lower(states, iterations).compile()
-    compile_s = time.perf_counter() - t0
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(run(states))
-        best = min(best, time.perf_counter() - t0)
+    compile_s, best = time_compiled(lambda: make_chunk_runner(exp.algo).lower(states, iterations), (states,), repeats)
     return compile_s, best, exp.algo.env_steps_per_iteration
 
 

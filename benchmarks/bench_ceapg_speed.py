@@ -23,7 +23,6 @@ import platform
 import subprocess
 import sys
 import tempfile
-import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TWO_HOST_DEVICES = "--xla_force_host_platform_device_count=2 --xla_cpu_multi_thread_eigen=false"
@@ -38,6 +37,7 @@ def time_in_this_process(tree: pathlib.Path, seeds: int, devices: int, apg_steps
     from hydra import compose, initialize_config_dir
 
     import diffrl
+    from benchmarks.timing import time_compiled
     from diffrl.run import build_experiment, make_chunk_runner, seed_keys  # both trees export these
 
     assert pathlib.Path(diffrl.__file__).resolve().is_relative_to(tree.resolve()), diffrl.__file__
@@ -57,15 +57,8 @@ def time_in_this_process(tree: pathlib.Path, seeds: int, devices: int, apg_steps
     states = jax.jit(jax.vmap(exp.algo.init))(seed_keys(0, seeds))
     if mesh is not None:
         states = shard_seeds(states, mesh)
-    t0 = time.perf_counter()
-    run = (make_chunk_runner(exp.algo, mesh) if mesh is not None else make_chunk_runner(exp.algo)).lower(states, 1)
-    run = run.compile()
-    compile_s = time.perf_counter() - t0
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(run(states))
-        best = min(best, time.perf_counter() - t0)
+    runner = make_chunk_runner(exp.algo, mesh) if mesh is not None else make_chunk_runner(exp.algo)  # base: no mesh
+    compile_s, best = time_compiled(lambda: runner.lower(states, 1), (states,), repeats)
     return {"compile_s": compile_s, "run_s": best, "iteration_s": best * 100 / apg_steps}
 
 

@@ -240,9 +240,6 @@ class ConstantAction(nn.Module):
 
 CONSTANT = Policy("constant", ConstantAction(), observation_size=1, action_size=1)
 A, T = 1.1, 12
-# Measured on the acrobot: 56.1 -> 65.2 after 15 steps; with the loss sign flipped in
-# APGCore.gradient_step, 56.1 -> 16.6.
-HORIZON, GAIN = 100, 4.0
 
 
 def hand_gradient(truncation=None, step_clip=None) -> float:
@@ -292,6 +289,11 @@ def test_clip_value_then_clip_norm_match_a_hand_computation(clip_value, clip_nor
     np.testing.assert_allclose(trace.grad_norm, np.linalg.norm(grad), rtol=1e-5)
     np.testing.assert_allclose(trace.clipped_grad_norm, np.linalg.norm(clipped), rtol=1e-5)
     assert np.linalg.norm(grad) > 40.0  # every clip above is active
+
+
+# Measured on the acrobot: 56.1 -> 65.2 after 15 steps; with the loss sign flipped in
+# APGCore.gradient_step, 56.1 -> 16.6.
+HORIZON, GAIN = 100, 4.0
 
 
 def test_a_few_apg_steps_raise_the_return_on_the_acrobot(acrobot_setup):

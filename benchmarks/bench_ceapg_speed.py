@@ -20,6 +20,7 @@ import json
 import os
 import pathlib
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -117,6 +118,7 @@ def main() -> None:
                         results[(name, seeds)] = timing
     finally:
         subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=ROOT, capture_output=True)
+        shutil.rmtree(base.parent, ignore_errors=True)  # the temporary directory the worktree was made in
 
     old = {seeds: results[(configs[0][0], seeds)]["iteration_s"] for seeds in (1, 8)}
     lines = [

@@ -155,7 +155,7 @@ def place_on_devices(cfg: DictConfig, exp: Experiment):
     """``hardware.devices``: the seed mesh the runner shards its states over (``None`` for one device, or
     when the algorithm shards its population instead), and a phrase for the log."""
     num_seeds = int(cfg.num_seeds)
-    population = population_size(cfg.algo.name, algorithm_options(cfg)[0])
+    population = population_size(cfg.algo.name, vars(exp.algo.config))  # the built algorithm's, as resolved
     devices = local_devices(cfg.hardware.get("devices", 1), num_seeds, population=population)
     if len(devices) == 1:
         return None, ""

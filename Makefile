@@ -13,7 +13,7 @@ LAUNCHER ?= local
 TABLES   ?= $(or $(DIFFRL_OUTPUTS),outputs)/tables
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test test-slow test-slurm test-gpu lint bench table1 table2 shac readme clean
+.PHONY: help install train test test-slow test-slurm test-gpu lint bench table1 table2 shac demos ild readme clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -74,6 +74,21 @@ shac: install ## SHAC paper Fig. 4 (SHAC, BPTT, PPO, SAC x SHAC's 5 tasks): swee
 	$(BIN)/diffrl train -m experiment=shac_fig4 budget=$(BUDGET) launcher=$(LAUNCHER) $(ARGS)
 	$(BIN)/diffrl table $(TABLES)/shac_fig4_$(BUDGET)
 	$(BIN)/diffrl plot $(TABLES)/shac_fig4_$(BUDGET)
+
+# ILD's tasks (humanoid's SAC expert is out of reach on 2 CPU cores: diffrl demos env=humanoid expert=sac budget=paper).
+ILD_TASKS ?= inverted_pendulum hopper walker2d ant reacher swimmer acrobot
+DEMO_DIR  ?= diffrl/data/demos
+
+demos: install ## remake the committed expert demos of ILD's tasks (ILD_TASKS) into DEMO_DIR: an expert per task (PPO), BUDGET=quick|paper
+	for task in $(ILD_TASKS); do \
+	  $(BIN)/diffrl demos env=$$task budget=$(BUDGET) demos.out=$(DEMO_DIR)/$$task.npz $(ARGS) || exit 1; \
+	done
+	$(BIN)/python tools/demo_table.py --demos $(DEMO_DIR)
+
+ild: install ## ILD paper figure (ILD, ILD-L2, BC x ILD's tasks, committed demos): sweep, then table + curves; BUDGET, LAUNCHER as table1
+	$(BIN)/diffrl train -m experiment=ild_fig budget=$(BUDGET) launcher=$(LAUNCHER) $(ARGS)
+	$(BIN)/diffrl table $(TABLES)/ild_fig_$(BUDGET)
+	$(BIN)/diffrl plot $(TABLES)/ild_fig_$(BUDGET)
 
 readme: install ## copy the committed result tables (docs/results/) into the generated blocks of the README and docs/cluster.md
 	$(BIN)/python tools/sync_readme.py

@@ -27,6 +27,10 @@ COMMANDS = {
     ),
     "table": ("cli.table", "results table beside the paper's: diffrl table <sweep dir> [...] [--out DIR]"),
     "plot": ("cli.plot", "learning curves of sweeps: diffrl plot <sweep dir> [...] [--out DIR]"),
+    "demos": (
+        "cli.demos",
+        "train an expert and save its best episodes as demos: diffrl demos env=hopper [expert=ppo|sac budget=quick]",
+    ),
     "gradients": (
         "cli.gradients",
         "gradient report for one task: diffrl gradients env=hopper [env.backend=mjx policy=mlp ...]",
@@ -61,7 +65,7 @@ def usage() -> str:
     lines += [f"  {name:<{width}}  {help_text}" for name, (_, help_text) in COMMANDS.items()]
     lines += [
         "",
-        "train, eval and gradients are Hydra apps: `diffrl train --help` lists their config groups",
+        "train, eval, demos and gradients are Hydra apps: `diffrl train --help` lists their config groups",
         "and options; table and plot take plain arguments: `diffrl table --help`.",
     ]
     return "\n".join(lines)
@@ -165,6 +169,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"diffrl: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
         sys.exit(2)
     try:
+        if command == "demos":  # the expert is an algo of its own: `expert=sac` is `algo=sac`
+            rest = ["algo" + o[len("expert") :] if o.startswith("expert=") else o for o in rest]
         check_group_choices(rest)
         if command == "train":
             check_launch(rest)

@@ -24,7 +24,7 @@ import numpy as np
 from brax.envs.base import Env
 from omegaconf import DictConfig, OmegaConf
 
-from diffrl.algos import DETERMINISTIC_POLICY_ALGOS, POPULATION_OPTIONS, check_policy
+from diffrl.algos import DETERMINISTIC_POLICY_ALGOS, IMITATION_ALGOS, POPULATION_OPTIONS, check_policy
 from diffrl.baselines import EXTERNAL_TRAINERS, TORCH_TRAINERS
 from diffrl.devices import check_divides, request_host_devices, requested_devices
 from diffrl.envs import check_backend, make_env
@@ -161,6 +161,10 @@ def check_config(cfg: DictConfig) -> None:
         check_policy(cfg.algo.name, policy.name, policy.name in STOCHASTIC_POLICIES)
     except ValueError as err:
         raise ConfigError(str(err)) from None
+    if cfg.algo.name in IMITATION_ALGOS:
+        from diffrl.demos import load_demos
+
+        load_demos(demo_path(cfg), cfg.env.name, cfg.env.backend)  # a missing or mismatched file: one line
 
 
 def population_size(algo: str, options: dict[str, Any]) -> int | None:
@@ -195,18 +199,37 @@ def algorithm_options(cfg: DictConfig) -> tuple[dict[str, Any], int]:
     if missing:
         raise ConfigError(f"algo {cfg.algo.name!r}: budget {cfg.budget!r} sets no value for {missing}")
     options["episode_length"] = training_horizon(cfg)
+    if cfg.algo.name in IMITATION_ALGOS:  # the demos must be of this task, recorded on this backend
+        options["demo"] = str(demo_path(cfg))
+        options["task"], options["backend"] = cfg.env.name, cfg.env.backend
     if iterations < 1:
         raise ConfigError(f"iterations must be >= 1, got {iterations}")
     return options, iterations
 
 
+def demo_path(cfg: DictConfig) -> pathlib.Path:
+    """The demo file of an imitation run: ``algo.demo``, or the committed demo of the task."""
+    from diffrl.demos import default_demo_path
+
+    given = cfg.algo.get("demo")
+    return pathlib.Path(given).expanduser().absolute() if given else default_demo_path(cfg.env.name)
+
+
 def training_horizon(cfg: DictConfig) -> int:
     """Steps of the episodes an algorithm trains on: ``env.training_horizon`` for the algorithms that roll
-    out episodes from a start state (CEM, PAPG, CE-APG; null: the whole episode); every other algorithm
-    trains on whole episodes. Evaluation always runs whole episodes."""
+    out episodes from a start state (CEM, PAPG, CE-APG; null: the whole episode); ``algo.episode_length`` for
+    imitation (the demos' horizon, ILD's 128 steps); every other algorithm trains on whole episodes."""
+    if cfg.algo.name in IMITATION_ALGOS:
+        return min(int(cfg.algo.episode_length), int(cfg.env.episode_length))
     if cfg.algo.name not in DETERMINISTIC_POLICY_ALGOS:  # e.g. SHAC: continuing envs, whole episodes
         return int(cfg.env.episode_length)
     return min(int(cfg.env.get("training_horizon") or cfg.env.episode_length), int(cfg.env.episode_length))
+
+
+def evaluation_length(cfg: DictConfig) -> int:
+    """Steps of the final evaluation's episodes: the task's whole episode, except for imitation, which is
+    judged over the horizon it imitates (ILD's 128 steps, train and eval)."""
+    return training_horizon(cfg) if cfg.algo.name in IMITATION_ALGOS else int(cfg.env.episode_length)
 
 
 def mjx_solver(env_cfg: DictConfig) -> dict[str, int]:

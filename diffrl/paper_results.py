@@ -4,6 +4,8 @@ diffrl's names; a value is (mean, std), or (reading, None) where the paper only 
 - ``table1``, ``table2``: the CE-APG paper (Gillen & Byl, arXiv 2203.02857), Tables I and II: mean ± std over
   8 seeds of each seed's final training return. Its "Pendulum" is diffrl's ``cartpole_swingup`` and its
   "Double pendulum" is ``double_pendulum_swingup``.
+- ``ild_fig``: the ILD paper (Chen, Ma, Xu 2022), its README's figure, read off the curves after about an hour
+  (shared/PAPERS.md): ILD's 128-step return, and the demo's (row ``demo``) where it is given.
 - ``shac_fig4``: the SHAC paper (Xu et al., ICLR 2022), Fig. 4, read off the curves (about ±10 %,
   shared/PAPERS.md): SHAC's return at the end of its budget; PPO on Ant at the same 4M samples; PPO and SAC
   on Humanoid at the end of their (longer) runs; BPTT on Ant.
@@ -15,10 +17,12 @@ PAPERS = {
     "table1": "CE-APG (Gillen & Byl 2022), Table I",
     "table2": "CE-APG (Gillen & Byl 2022), Table II",
     "shac_fig4": "SHAC (Xu et al. 2022), Fig. 4, read off the curves (±10 %)",
+    "ild_fig": "ILD (Chen et al. 2022), README figure, read off the curves",
 }
 CEAPG_TASKS = ("cartpole_swingup", "acrobot", "double_pendulum_swingup")
 SHAC_TASKS = ("shac_cartpole", "shac_ant", "shac_hopper", "shac_cheetah", "shac_humanoid")
-TASKS = CEAPG_TASKS + SHAC_TASKS  # the order of a table's columns
+ILD_TASKS = ("hopper", "walker2d", "ant", "reacher", "swimmer", "inverted_pendulum", "humanoid")  # and acrobot
+TASKS = CEAPG_TASKS + SHAC_TASKS + ILD_TASKS  # the order of a table's columns
 TASK_TITLES = {
     "cartpole_swingup": "Pendulum",
     "acrobot": "Acrobot",
@@ -28,6 +32,13 @@ TASK_TITLES = {
     "shac_hopper": "Hopper",
     "shac_cheetah": "Cheetah",
     "shac_humanoid": "Humanoid",
+    "hopper": "Hopper",
+    "walker2d": "Walker2d",
+    "ant": "Ant",
+    "reacher": "Reacher",
+    "swimmer": "Swimmer",
+    "inverted_pendulum": "Inverted pendulum",
+    "humanoid": "Humanoid",
 }
 ALGO_TITLES = {
     "ce_apg": "CE-APG",
@@ -38,6 +49,10 @@ ALGO_TITLES = {
     "cem": "CEM",
     "shac": "SHAC",
     "bptt": "BPTT",
+    "ild": "ILD",
+    "ild_l2": "ILD-L2",
+    "bc": "BC",
+    "demo": "expert demo",
 }
 
 # (mean, std) per task, in TASKS order.
@@ -64,6 +79,22 @@ _SHAC_FIG4 = {
     ("sac", "shac_humanoid"): 6500,
 }
 
+# ILD's README figure, ~1 h of training: (algo, task) -> 128-step return; "demo": the demonstration's.
+_ILD_FIG = {
+    ("ild", "ant"): 590,
+    ("demo", "ant"): 676,
+    ("ild", "hopper"): 242,
+    ("demo", "hopper"): 331,
+    ("ild", "humanoid"): 725,
+    ("demo", "humanoid"): 1138,
+    ("ild", "reacher"): -23,
+    ("ild", "walker2d"): 213,
+    ("demo", "walker2d"): 440,
+    ("ild", "swimmer"): 4.5,
+    ("ild", "acrobot"): 202,
+    ("demo", "acrobot"): 203,
+}
+
 PAPER_RESULTS: dict[tuple[str, str, str], tuple[float, float | None]] = {
     **{
         (table, algo, task): (float(mean), float(std))
@@ -72,8 +103,14 @@ PAPER_RESULTS: dict[tuple[str, str, str], tuple[float, float | None]] = {
         for task, (mean, std) in zip(CEAPG_TASKS, cells, strict=True)
     },
     **{("shac_fig4", algo, task): (float(value), None) for (algo, task), value in _SHAC_FIG4.items()},
+    **{("ild_fig", algo, task): (float(value), None) for (algo, task), value in _ILD_FIG.items()},
 }
-EXPERIMENT_TABLES = {"ceapg_table1": "table1", "ceapg_table2": "table2", "shac_fig4": "shac_fig4"}
+EXPERIMENT_TABLES = {
+    "ceapg_table1": "table1",
+    "ceapg_table2": "table2",
+    "shac_fig4": "shac_fig4",
+    "ild_fig": "ild_fig",
+}
 
 
 def paper_result(algo: str, task: str, table: str | None = None) -> tuple[float, float | None] | None:

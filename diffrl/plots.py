@@ -18,13 +18,14 @@ import yaml
 from diffrl.paper_results import TASK_TITLES, TASKS
 from diffrl.tables import job_variants, row_title
 
-AXES = (("env_steps", "env steps per seed"), ("wall_time_s", "wall clock (s)"))
+# Iterations too: behaviour cloning never steps the simulator to learn (its env steps stay 0).
+AXES = (("env_steps", "env steps per seed"), ("wall_time_s", "wall clock (s)"), ("iteration", "iterations"))
 GRID_POINTS = 200
-CURVE_KEYS = ("env_steps", "wall_time_s", "return")
+CURVE_KEYS = ("env_steps", "wall_time_s", "iteration", "return")
 
 
 def seed_curves(rows: list[dict]) -> list[dict[str, np.ndarray]]:
-    """Per-seed curves ``{"env_steps", "wall_time_s", "return"}`` from one job's metrics rows."""
+    """Per-seed curves ``{"env_steps", "wall_time_s", "iteration", "return"}`` from one job's metrics rows."""
     per_seed: dict[int, dict[str, list]] = defaultdict(lambda: {key: [] for key in CURVE_KEYS})
     for row in rows:
         returns = row.get("return")
@@ -38,6 +39,7 @@ def seed_curves(rows: list[dict]) -> list[dict[str, np.ndarray]]:
             curve = per_seed[seed]
             curve["env_steps"].append(row["env_steps"])
             curve["wall_time_s"].append(row["wall_time_s"])
+            curve["iteration"].append(row.get("iteration", np.nan))
             curve["return"].append(np.nan if value is None else value)
     return [{k: np.asarray(v, dtype=float) for k, v in per_seed[s].items()} for s in sorted(per_seed)]
 
@@ -68,7 +70,7 @@ def load_sweeps(sweep_dirs: list[pathlib.Path]) -> dict[str, dict[tuple[str, str
 
 
 def draw_task(axes, curves_by_algo: dict[tuple[str, str], list]) -> None:
-    """Return vs env steps on ``axes[0]`` and vs wall clock on ``axes[1]``, one line per (algo, variant)."""
+    """Return vs each of ``AXES`` (env steps, wall clock, iterations) on ``axes``, one line per (algo, variant)."""
     for (algo, variant), curves in sorted(curves_by_algo.items()):
         curves = [c for c in curves if len(c["return"])]
         if not curves:
@@ -100,27 +102,29 @@ def save(fig, out_dir: pathlib.Path, stem: str) -> list[pathlib.Path]:
 
 
 def plot_task(task: str, curves_by_algo: dict[tuple[str, str], list], out_dir: pathlib.Path) -> list[pathlib.Path]:
-    """One figure per task, return vs env steps (left) and vs wall clock (right); writes PNG and SVG."""
+    """One figure per task, return vs env steps, wall clock and iterations (left to right); writes PNG and SVG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+    fig, axes = plt.subplots(1, len(AXES), figsize=(5.5 * len(AXES), 4), constrained_layout=True)
     draw_task(axes, curves_by_algo)
     fig.suptitle(f"{TASK_TITLES.get(task, task)}: mean ± std across seeds")
     return save(fig, out_dir, f"curves_{task}")
 
 
 def plot_overview(curves: dict[str, dict[tuple[str, str], list]], out_dir: pathlib.Path) -> list[pathlib.Path]:
-    """Every task side by side: a column per task, return vs env steps (top) and vs wall clock (bottom)."""
+    """Every task side by side: a column per task, a row per x axis (env steps, wall clock, iterations)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     tasks = sorted(curves, key=lambda t: TASKS.index(t) if t in TASKS else len(TASKS))
-    fig, axes = plt.subplots(2, len(tasks), figsize=(4.5 * len(tasks), 7), constrained_layout=True, squeeze=False)
+    fig, axes = plt.subplots(
+        len(AXES), len(tasks), figsize=(4.5 * len(tasks), 3.5 * len(AXES)), constrained_layout=True, squeeze=False
+    )
     for column, task in enumerate(tasks):
         draw_task(axes[:, column], curves[task])
         axes[0, column].set_title(TASK_TITLES.get(task, task))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -99,7 +100,7 @@ class Trajectory:
     truncation: jax.Array  # ended by the time limit, not by a termination
     next_observation: jax.Array  # after the step, before any reset (a time-out bootstraps from it)
     alive: jax.Array  # the step belongs to a running episode (reward counted)
-    pipeline_state: Any = None  # the physics state after the step, when asked for
+    pipeline_state: Any = None  # the physics state after the step (or what a function makes of it), when asked for
 
 
 def start(env: Env, policy: Policy, key: jax.Array) -> RolloutCarry:
@@ -125,7 +126,7 @@ def unroll(
     auto_reset: bool = False,
     deterministic: bool = True,
     gradients: GradientOptions = NO_GRADIENT_OPTIONS,
-    record_pipeline_state: bool = False,
+    record_pipeline_state: bool | Callable[[Any], Any] = False,
 ) -> tuple[RolloutCarry, Trajectory]:
     """Runs ``length`` control steps from ``carry``; returns (carry after them, per-step trajectory).
 
@@ -133,8 +134,15 @@ def unroll(
     ``deterministic``: a stochastic policy acts with tanh(mean) instead of sampling.
     With ``auto_reset`` every episode that ends during this unroll restarts from one start state drawn
     at the beginning of the unroll (one ``reset`` per unroll instead of one per step).
+    ``record_pipeline_state``: ``True`` records each step's physics state; a function records what it returns
+    of it instead (e.g. a flat vector of body states: an MJX state holds far more than a rollout needs).
     """
     sample = policy.stochastic and not deterministic
+    recorded = (
+        record_pipeline_state
+        if callable(record_pipeline_state)
+        else ((lambda x: x) if record_pipeline_state else (lambda x: None))
+    )
     key = carry.key
     if auto_reset:
         key, reset_key = jax.random.split(key)
@@ -169,7 +177,7 @@ def unroll(
             truncation=truncated.astype(next_state.reward.dtype),
             next_observation=next_state.obs,
             alive=carry.alive,
-            pipeline_state=next_state.pipeline_state if record_pipeline_state else None,
+            pipeline_state=recorded(next_state.pipeline_state),
         )
         if auto_reset:
             pick = lambda new, old: jnp.where(done, new, old)

@@ -33,6 +33,7 @@ from diffrl.experiment import (
     configure_jax,
     effective_settings,
     evaluation_key,
+    evaluation_length,
     is_external,
     make_logger,
     population_size,
@@ -53,7 +54,7 @@ def build_experiment(cfg: DictConfig) -> Experiment:
     options, iterations = algorithm_options(cfg)
     algo = make_algorithm(cfg.algo.name, env, policy, options, iterations)
     effective = effective_settings(cfg, env, options, iterations, policy)
-    return Experiment(env, policy, algo, iterations, int(cfg.env.episode_length), effective)
+    return Experiment(env, policy, algo, iterations, evaluation_length(cfg), effective)
 
 
 def train(cfg: DictConfig, run_dir: pathlib.Path) -> dict[str, Any]:
@@ -151,6 +152,19 @@ def summarize_chunk(metrics: dict[str, np.ndarray]) -> dict[str, Any]:
     return out
 
 
+def run_warmup(algo: Algorithm, states, logger):
+    """The algorithm's one-off ``warmup(state) -> (state, metrics)`` before its first iteration, vmapped over
+    seeds; its metrics (seed means) and cost are logged as iteration 0."""
+    t0 = time.perf_counter()
+    states, metrics = jax.jit(jax.vmap(algo.warmup))(states)
+    metrics = jax.device_get(metrics)
+    seconds = time.perf_counter() - t0
+    row = {"iteration": 0, "env_steps": 0, **{k: float(np.mean(v)) for k, v in metrics.items()}, "warmup_s": seconds}
+    log.info("warm-up: %s", ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k not in ("iteration", "env_steps")))
+    logger.log(row, step=0)
+    return states
+
+
 def place_on_devices(cfg: DictConfig, exp: Experiment):
     """``hardware.devices``: the seed mesh the runner shards its states over (``None`` for one device, or
     when the algorithm shards its population instead), and a phrase for the log."""
@@ -214,6 +228,9 @@ def train_compiled(cfg: DictConfig, run_dir: pathlib.Path) -> dict[str, Any]:
     )
     last_train_return: list[float] | None = None
     segment_start = time.perf_counter() - host["wall_clock_s"]
+    if host["iteration"] == 0 and hasattr(algo, "warmup"):  # e.g. ILD's behaviour cloning; a resumed run has had it
+        states = run_warmup(algo, states, logger)
+        host["wall_clock_s"] = time.perf_counter() - segment_start
 
     try:
         with progress:

@@ -43,6 +43,7 @@ class Cell:
     failures: dict[int, str] = dataclasses.field(default_factory=dict)  # seed family -> why, if none completed
     run_dirs: list[str] = dataclasses.field(default_factory=list)
     eval_episodes: set[int] = dataclasses.field(default_factory=set)  # per seed, of the completed jobs
+    label: str | None = None  # shown instead of mean ± std (the demo row: the demonstration's own return)
 
     @property
     def mean(self) -> float | None:
@@ -191,10 +192,37 @@ def collect_cells(sweep_dirs: list[pathlib.Path], metric: str = "final_return"):
     has_variants = {algo for algo, variant in rows if variant}
     rows = [r for r in rows if r[1] or r[0] not in has_variants or any(k[0] == row_name(*r) for k in cells)]
     tasks.sort(key=lambda t: TASKS.index(t) if t in TASKS else len(TASKS))
+    demos = demo_cells(cells, tasks)
+    if demos:
+        rows.append(("demo", ""))
+        cells.update({(row_name("demo", ""), task): cell for task, cell in demos.items()})
     for algo, variant in rows:
         for task in tasks:
             cells.setdefault((row_name(algo, variant), task), Cell(algo, task, variant, reason="no job directory"))
     return cells, rows, tasks, table
+
+
+def demo_cells(cells: dict[tuple[str, str], Cell], tasks: list[str]) -> dict[str, Cell]:
+    """The ``demo`` row of an imitation sweep: per task, the return of the best demo its jobs imitated (read
+    from the demo file their summary names)."""
+    out = {}
+    for task in tasks:
+        for cell in cells.values():
+            if cell.task != task or cell.status != "completed":
+                continue
+            summary_file = pathlib.Path(cell.run_dirs[0]) / "summary.json"
+            summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
+            path = ((summary.get("effective") or {}).get("algo") or {}).get("demo")
+            if not path or not pathlib.Path(path).is_file():
+                continue
+            with np.load(path) as data:
+                returns = np.asarray(data["return"], dtype=float)
+            out[task] = Cell(
+                "demo", task, status="completed", label=f"{format_number(returns[0])} (best of {len(returns)})"
+            )
+            out[task].per_seed = {(0, 0): float(returns[0])}
+            break
+    return out
 
 
 def add_job(cell: Cell, job: dict[str, Any]) -> None:
@@ -241,6 +269,8 @@ def format_duration(seconds: float | None) -> str:
 
 
 def cell_text(cell: Cell) -> str:
+    if cell.label:
+        return cell.label
     if cell.status == "completed":
         text = f"{format_number(cell.mean)} ± {format_number(cell.std)} ({len(cell.per_seed)} seeds)"
         failed = ", ".join(f"seed={seed}: {why}" for seed, why in cell.failures.items())

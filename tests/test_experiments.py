@@ -13,6 +13,8 @@ from diffrl.paper_results import SHAC_TASKS
 
 from conftest import CONF_DIR, compose_train, compose_with_hydra, run_diffrl
 
+ILD_FIG_TASKS = ["hopper", "walker2d", "ant", "reacher", "swimmer", "inverted_pendulum", "acrobot"]
+
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 ALGOS = ("cem", "papg")  # the cheapest pair for the micro end-to-end sweep
 TASKS = ["cartpole_swingup", "acrobot", "double_pendulum_swingup"]
@@ -37,7 +39,7 @@ def sweep_jobs(*overrides):
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_composes(experiment, budget):
     cfg = compose_train(f"experiment={experiment}", f"budget={budget}")
-    seeds = {"quick": 2, "paper": 5} if experiment == "shac_fig4" else {"quick": 8, "paper": 8}
+    seeds = {"quick": 2, "paper": 5} if experiment in ("shac_fig4", "ild_fig") else {"quick": 8, "paper": 8}
     assert cfg.num_seeds == seeds[budget] and cfg.budget == budget
     assert cfg.logger.wandb.group == f"{experiment}_{budget}"  # one wandb group per sweep
 
@@ -48,6 +50,7 @@ def test_every_experiment_composes(experiment, budget):
         ("ceapg_table1", ["ce_apg", "ppo", "sac", "brax_apg"], TASKS),
         ("ceapg_table2", ["ce_apg", "papg", "cem"], TASKS),
         ("shac_fig4", ["shac", "bptt", "ppo", "sac"], list(SHAC_TASKS)),
+        ("ild_fig", ["ild", "ild_l2", "bc"], ILD_FIG_TASKS),
     ],
 )
 def test_table_sweeps_expand_to_one_job_per_algo_and_task(experiment, algos, tasks):

@@ -194,6 +194,9 @@ def test_the_readme_shows_the_committed_result_files():
     cluster = (REPO / "docs" / "cluster.md").read_text()
     assert "docs/results/devices.md" in {source for _, source, *_ in sync_readme.BLOCK.findall(cluster)}
     assert sync_readme.synced(cluster) == cluster, "docs/cluster.md out of sync: run `make readme`"
+    ild = (REPO / "docs" / "ild.md").read_text()
+    assert "docs/results/ild_demos.md" in {source for _, source, *_ in sync_readme.BLOCK.findall(ild)}
+    assert sync_readme.synced(ild) == ild, "docs/ild.md out of sync: run `make readme`"
 
 
 def test_sync_readme_refills_a_block_from_its_file(tmp_path):

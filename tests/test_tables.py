@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from diffrl.paper_results import PAPER_RESULTS, paper_result
-from diffrl.tables import collect_cells, format_number, write_tables
+from diffrl.tables import collect_cells, format_number, markdown_table, write_tables
 
 from conftest import run_diffrl
 
@@ -182,8 +182,25 @@ def test_paper_results_cover_both_tables_and_the_shac_figure():
     assert paper_result("cem", "double_pendulum_swingup", "table2") == (-2.7e5, 7.6e5)
     assert paper_result("cem", "acrobot", "table1") is None
     assert paper_result("shac", "shac_ant", "shac_fig4") == (7500.0, None)  # a reading of a curve: no std
-    assert len(PAPER_RESULTS) == 3 * (4 + 3) + 7
+    assert paper_result("ild", "hopper", "ild_fig") == (242.0, None) and paper_result("demo", "hopper", "ild_fig")
+    assert len(PAPER_RESULTS) == 3 * (4 + 3) + 7 + 12
     assert format_number(-3.9e5) == "-3.9e5" and format_number(-355.0) == "-355"
+
+
+def test_an_imitation_sweep_shows_the_demos_return_beside_the_methods(tmp_path):
+    sweep = make_sweep(tmp_path, ["ild", "bc"], ["hopper"], experiment="ild_fig")
+    demo = tmp_path / "hopper.npz"
+    np.savez(demo, **{"return": np.array([354.4, 340.0])})
+    for algo, returns in (("ild", [200.0, 250.0]), ("bc", [100.0, 120.0])):
+        job = make_job(sweep, algo, "hopper", returns)
+        summary = json.loads((job / "summary.json").read_text())
+        summary["effective"] = {"algo": {"name": algo, "demo": str(demo)}}
+        (job / "summary.json").write_text(json.dumps(summary))
+    cells, rows, _, table = collect_cells([sweep])
+    assert table == "ild_fig" and rows[-1] == ("demo", "")
+    text = markdown_table(cells, rows, ["hopper"], table)
+    assert "| expert demo | 354 (best of 2) | ≈ 331 |" in text
+    assert "| ILD | 225 ± 25 (2 seeds) | ≈ 242 |" in text
 
 
 def test_diffrl_table_command(tmp_path):

@@ -38,7 +38,8 @@ def synced(text: str, root: pathlib.Path = ROOT) -> str:
     return BLOCK.sub(refill, text)
 
 
-DOCUMENTS = ("README.md", "docs/cluster.md")  # the files with generated blocks; sources are relative to the repo
+# The files with generated blocks; sources are relative to the repo.
+DOCUMENTS = ("README.md", "docs/cluster.md", "docs/ild.md")
 
 
 def source_root(document: pathlib.Path) -> pathlib.Path:

@@ -11,6 +11,7 @@ from diffrl.algos.apg import PAPG, GradientConfig, PAPGConfig
 from diffrl.algos.base import Algorithm
 from diffrl.algos.ce_apg import CEAPG, CEAPGConfig
 from diffrl.algos.cem import CEM, CEMConfig
+from diffrl.algos.ild import BC, ILD, BCConfig, ILDConfig
 from diffrl.algos.shac import SHAC, SHACConfig
 from diffrl.baselines import EXTERNAL_TRAINERS
 from diffrl.networks.base import Policy
@@ -52,6 +53,20 @@ def _make_bptt(env: Env, policy: Policy, options: dict[str, Any], iterations: in
     return algo
 
 
+def _make_ild(env: Env, policy: Policy, options: dict[str, Any], iterations: int) -> Algorithm:
+    return ILD(env, policy, ILDConfig(**_with_gradient_config(options)))
+
+
+def _make_ild_l2(env: Env, policy: Policy, options: dict[str, Any], iterations: int) -> Algorithm:
+    algo = ILD(env, policy, ILDConfig(**{**_with_gradient_config(options), "loss": "l2"}))
+    algo.name = "ild_l2"
+    return algo
+
+
+def _make_bc(env: Env, policy: Policy, options: dict[str, Any], iterations: int) -> Algorithm:
+    return BC(env, policy, BCConfig(**_with_gradient_config(options)))
+
+
 Factory = Callable[[Env, Policy, dict[str, Any], int], Algorithm]
 ALGORITHMS: dict[str, Factory] = {
     "cem": _make_cem,
@@ -59,6 +74,9 @@ ALGORITHMS: dict[str, Factory] = {
     "ce_apg": _make_ce_apg,
     "shac": _make_shac,
     "bptt": _make_bptt,
+    "ild": _make_ild,
+    "ild_l2": _make_ild_l2,
+    "bc": _make_bc,
 }
 
 
@@ -76,6 +94,10 @@ def make_algorithm(name: str, env: Env, policy: Policy, options: dict[str, Any],
 # not divide the seeds (diffrl/devices.py).
 POPULATION_OPTIONS = {"ce_apg": "population", "cem": "population", "papg": "runs"}
 
+# Algorithms that learn from expert demonstrations (diffrl.demos): they need a demo file of the task, and
+# roll out (and are evaluated over) the demos' short episodes.
+IMITATION_ALGOS = ("ild", "ild_l2", "bc")
+
 # Algorithms that search over, or differentiate through, a deterministic policy's actions.
 DETERMINISTIC_POLICY_ALGOS = ("cem", "papg", "ce_apg")
 
@@ -92,6 +114,7 @@ def check_policy(algo: str, policy: str, stochastic: bool) -> None:
 __all__ = [
     "ALGORITHMS",
     "DETERMINISTIC_POLICY_ALGOS",
+    "IMITATION_ALGOS",
     "POPULATION_OPTIONS",
     "Algorithm",
     "check_policy",

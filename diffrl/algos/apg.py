@@ -59,6 +59,44 @@ def nonfinite_streak(opt_state: Any) -> jax.Array:
     return opt_state.notfinite_count
 
 
+@struct.dataclass
+class UpdateStats:
+    """What a guarded update saw of its gradient."""
+
+    grad_norm: jax.Array  # before clipping
+    clipped_grad_norm: jax.Array
+    nonfinite: jax.Array  # 1 where the update was skipped
+
+
+def guarded_update(loss_fn, params, opt_state, optimizer, clip: optax.GradientTransformation):
+    """One step of ``optimizer`` on ``loss_fn(params) -> (loss, aux)`` after ``clip``; a step whose loss or
+    gradient is not finite is skipped (``optimizer`` is wrapped in ``optax.apply_if_finite``) and counted.
+    Returns (params, optimizer state, loss, aux, ``UpdateStats``). Every first-order algorithm steps so."""
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    # A non-finite loss can still have a finite gradient (e.g. masked by a `where`): the update is garbage
+    # all the same, so it is marked non-finite and skipped.
+    grads = jax.tree.map(lambda g: jnp.where(jnp.isfinite(loss), g, jnp.nan), grads)
+    clipped, _ = clip.update(grads, clip.init(params))
+    updates, opt_state = optimizer.update(clipped, opt_state, params)
+    all_finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(clipped)]))
+    stats = UpdateStats(
+        grad_norm=optax.global_norm(grads),
+        clipped_grad_norm=optax.global_norm(clipped),
+        nonfinite=(~all_finite).astype(jnp.int32),
+    )
+    return optax.apply_updates(params, updates), opt_state, loss, aux, stats
+
+
+def make_clip(grad: GradientConfig) -> optax.GradientTransformation:
+    """``algo.grad``'s clipping: each entry to [-clip_value, clip_value], then the global norm to clip_norm."""
+    clips = []
+    if grad.clip_value is not None:
+        clips.append(optax.clip(grad.clip_value))
+    if grad.clip_norm is not None:
+        clips.append(optax.clip_by_global_norm(grad.clip_norm))
+    return optax.chain(*clips) if clips else optax.identity()
+
+
 class APGCore:
     """The differentiable-rollout optimiser: loss, optimizer and an ``lax.scan`` of Adam steps."""
 
@@ -67,12 +105,7 @@ class APGCore:
         self.starts_per_step, self.episode_length = starts_per_step, episode_length
         flat, self.unravel = ravel_pytree(policy.init(jax.random.PRNGKey(0)))
         self.num_params = flat.shape[0]
-        clips = []
-        if grad.clip_value is not None:
-            clips.append(optax.clip(grad.clip_value))
-        if grad.clip_norm is not None:
-            clips.append(optax.clip_by_global_norm(grad.clip_norm))
-        self._clip = optax.chain(*clips) if clips else optax.identity()
+        self.clip = make_clip(grad)
 
     def flat_init(self, key: jax.Array) -> jax.Array:
         return ravel_pytree(self.policy.init(key))[0]
@@ -104,20 +137,10 @@ class APGCore:
             mean_return, episodes = self.rollouts(p, normalizer, self.starts(key))
             return -mean_return, jax.lax.stop_gradient(jnp.mean(episodes.lengths))
 
-        (neg_return, mean_length), grads = jax.value_and_grad(loss, has_aux=True)(flat)
-        # A non-finite return can still have a finite gradient (e.g. masked by a `where`): the
-        # update is garbage all the same, so it is marked non-finite and skipped.
-        grads = jnp.where(jnp.isfinite(neg_return), grads, jnp.nan)
-        clipped, _ = self._clip.update(grads, self._clip.init(flat))
-        updates, opt_state = self.optimizer(learning_rate).update(clipped, opt_state, flat)
-        trace = APGTrace(
-            returns=-neg_return,
-            lengths=mean_length,
-            grad_norm=optax.global_norm(grads),
-            clipped_grad_norm=optax.global_norm(clipped),
-            nonfinite=(~jnp.all(jnp.isfinite(clipped))).astype(jnp.int32),
-        )
-        return optax.apply_updates(flat, updates), opt_state, trace
+        optimizer = self.optimizer(learning_rate)
+        flat, opt_state, neg_return, mean_length, stats = guarded_update(loss, flat, opt_state, optimizer, self.clip)
+        trace = APGTrace(returns=-neg_return, lengths=mean_length, **vars(stats))
+        return flat, opt_state, trace
 
     def refine(self, flat, opt_state, normalizer, key, steps: int, learning_rate):
         """``steps`` Adam steps in one scan; returns (params, optimizer state, per-step trace)."""

@@ -50,6 +50,8 @@ class FeedForwardPolicy:
 
     ``act(params, normalizer, carry, obs)`` runs Brax's deterministic inference function; the carry
     is a dummy scalar and the normaliser lives inside Brax's ``params`` (so ``normalizer`` is unused).
+    With ``stochastic=True`` (``diffrl demos`` rolling out an expert), ``act`` samples Brax's action
+    distribution when given a key, as a diffrl stochastic policy does.
     """
 
     make_policy: Callable  # Brax's make_inference_fn(network): (params, deterministic) -> policy(obs, key)
@@ -62,7 +64,8 @@ class FeedForwardPolicy:
     def act(
         self, params: Any, normalizer: Any, carry: jax.Array, obs: jax.Array, key: jax.Array | None = None
     ) -> tuple[jax.Array, jax.Array]:
-        action, _ = self.make_policy(params, deterministic=True)(obs, jax.random.PRNGKey(0))
+        sample = self.stochastic and key is not None
+        action, _ = self.make_policy(params, deterministic=not sample)(obs, key if sample else jax.random.PRNGKey(0))
         return carry, action
 
 

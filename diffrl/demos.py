@@ -184,22 +184,14 @@ def check_demos_fit(demos: Demos, path: pathlib.Path, env, episode_length: int) 
 def rollout_episodes(env, policy, params, normalizer, key: jax.Array, episodes: int, length: int, stochastic: bool):
     """``episodes`` episodes of ``length`` steps from fresh start states: (reset keys, start states'
     features, trajectory whose ``pipeline_state`` holds the states' features), all with a leading episode axis."""
-    from diffrl.rollout import start_from, unroll
+    from diffrl.rollout import episode
 
     def one(episode_key):
         reset_key, action_key = jax.random.split(episode_key)
         state = env.reset(reset_key)
-        carry = start_from(state, policy, action_key)
-        _, trajectory = unroll(
-            env,
-            policy,
-            params,
-            normalizer,
-            carry,
-            length,
-            episode_length=length,
-            deterministic=not stochastic,
-            record_pipeline_state=state_features,
+        sample_with = action_key if stochastic else None
+        trajectory = episode(
+            env, policy, params, normalizer, state, length, record_pipeline_state=state_features, action_key=sample_with
         )
         return reset_key, state_features(state.pipeline_state), trajectory
 

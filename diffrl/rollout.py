@@ -201,18 +201,21 @@ def episode(
     start_state: State,
     length: int,
     gradients: GradientOptions = NO_GRADIENT_OPTIONS,
-    record_pipeline_state: bool = False,
+    record_pipeline_state: bool | Callable[[Any], Any] = False,
+    action_key: jax.Array | None = None,
 ) -> Trajectory:
-    """One deterministic episode of at most ``length`` steps from ``start_state``, masked after it ends."""
-    carry = start_from(start_state, policy, jax.random.PRNGKey(0))
+    """One episode of at most ``length`` steps from ``start_state``, masked after it ends: deterministic, or
+    sampling a stochastic policy's actions with ``action_key`` (ILD's rollouts, an expert's demos)."""
+    key = jax.random.PRNGKey(0) if action_key is None else action_key
     _, trajectory = unroll(
         env,
         policy,
         params,
         normalizer,
-        carry,
+        start_from(start_state, policy, key),
         length,
         episode_length=length,
+        deterministic=action_key is None,
         gradients=gradients,
         record_pipeline_state=record_pipeline_state,
     )

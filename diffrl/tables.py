@@ -319,6 +319,9 @@ def markdown_table(cells, rows, tasks, table: str | None, metric: str = "final_r
         row = [row_title(algo, variant)]
         for task in tasks:
             cell = cells[(row_name(algo, variant), task)]
+            if cell.label:  # not a run (the demo row)
+                row.append("–")
+                continue
             row.append(
                 f"{format_steps(cell.env_steps_per_seed)} steps, {format_duration(cell.wall_clock_s)}"
                 if cell.status == "completed"

@@ -43,7 +43,7 @@ from diffrl.algos.apg import APGCore, GradientConfig, UpdateStats, guarded_updat
 from diffrl.algos.trajectory_distance import DISTANCES, trajectory_distance
 from diffrl.demos import DemoError, Demos, check_demos_fit, load_demos, state_features
 from diffrl.networks.base import NormalizerState, Params, Policy
-from diffrl.rollout import Trajectory, start_from, unroll
+from diffrl.rollout import Trajectory, episode
 
 ILD_GRADIENTS = GradientConfig(truncation=10, step_clip=1.0, clip_norm=0.3)  # the paper's
 
@@ -57,11 +57,11 @@ class ImitationConfig:
     backend: str
     demos: int = 1  # how many of the file's best demos to imitate (ILD: the distance is to the nearest)
     episode_length: int = 128  # steps of each rollout (the demos must be at least this long)
+    learning_rate: float = 1e-3  # Adam
 
 
 @dataclasses.dataclass(frozen=True)
 class BCConfig(ImitationConfig):
-    learning_rate: float = 1e-3
     steps_per_iteration: int = 50  # Adam steps of action regression per iteration
     loss: str = "chamfer"  # the distance to the demo that is logged (BC does not train on it)
     grad: GradientConfig = GradientConfig()  # BC does not differentiate the simulator; here for uniformity
@@ -70,7 +70,6 @@ class BCConfig(ImitationConfig):
 @dataclasses.dataclass(frozen=True)
 class ILDConfig(ImitationConfig):
     num_envs: int = 16  # rollouts per iteration, all from the demo's start state (paper: 300)
-    learning_rate: float = 1e-3
     loss: str = "chamfer"  # chamfer | l2
     bc_steps: int = 1000  # behaviour-cloning warm-up before the first iteration (0: none)
     bc_learning_rate: float = 1e-3
@@ -169,6 +168,7 @@ class Imitation:
         self.demo_file = load_imitation_demos(config, env)
         self.demos = demo_arrays(self.demo_file, config.episode_length)
         self.core = APGCore(env, policy, config.grad, 1, config.episode_length)  # flat params, Adam, clipping
+        self.optimizer = self.core.optimizer(config.learning_rate)
 
     def start_state(self):
         return self.env.reset(self.demos.reset_key)
@@ -177,24 +177,20 @@ class Imitation:
         """The observation normaliser, started from the demos' observations (what BC sees)."""
         return self.policy.update_normalizer(self.policy.init_normalizer(), self.demos.observation)
 
-    def rollout(self, flat, normalizer, key, deterministic: bool, gradients=None) -> Trajectory:
-        """One ``episode_length``-step episode from the demo's start state; its ``pipeline_state`` holds each
-        step's ``state_features``."""
-        carry = start_from(self.start_state(), self.policy, key)
-        options = gradients if gradients is not None else self.core.grad.rollout_options
-        length = self.config.episode_length
-        return unroll(
+    def rollout(self, flat, normalizer, key, deterministic: bool) -> Trajectory:
+        """One ``episode_length``-step episode from the demo's start state, through ``algo.grad``'s gradient
+        options; its ``pipeline_state`` holds each step's ``state_features``."""
+        return episode(
             self.env,
             self.policy,
             self.core.unravel(flat),
             normalizer,
-            carry,
-            length,
-            episode_length=length,
-            deterministic=deterministic,
-            gradients=options,
+            self.start_state(),
+            self.config.episode_length,
+            self.core.grad.rollout_options,
             record_pipeline_state=state_features,
-        )[1]
+            action_key=None if deterministic else key,
+        )
 
     def distances(self, states: jax.Array, statistics: NormalizerState) -> jax.Array:
         """[N, T, F] rollout states -> [N] distances to the nearest demo, all normalised by ``statistics``."""
@@ -237,7 +233,6 @@ class BC(Imitation):
 
     def __init__(self, env: Env, policy: Policy, config: BCConfig):
         super().__init__(env, policy, config)
-        self.optimizer = self.core.optimizer(config.learning_rate)
         self.statistics = state_normalizer(self.demos.state)
 
     @property
@@ -280,10 +275,6 @@ class ILDState:
 
 class ILD(Imitation):
     name = "ild"
-
-    def __init__(self, env: Env, policy: Policy, config: ILDConfig):
-        super().__init__(env, policy, config)
-        self.optimizer = self.core.optimizer(config.learning_rate)
 
     @property
     def env_steps_per_iteration(self) -> int:

@@ -247,7 +247,11 @@ def build_env(cfg: DictConfig):
 
 
 def build_policy(cfg: DictConfig, env) -> Policy:
-    return make_policy(OmegaConf.to_container(cfg.policy, resolve=True), env.observation_size, env.action_size)
+    """The policy of ``cfg.policy``, normalising its inputs as the algorithm says (``algo.normalizer``)."""
+    options = OmegaConf.to_container(cfg.policy, resolve=True)
+    if cfg.algo.get("normalizer") is not None:
+        options["normalizer"] = OmegaConf.to_container(cfg.algo.normalizer, resolve=True)
+    return make_policy(options, env.observation_size, env.action_size)
 
 
 def policy_description(policy: Policy) -> dict[str, Any]:

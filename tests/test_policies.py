@@ -123,3 +123,60 @@ def test_parameters_follow_the_precision_of_the_run():
     assert {x.dtype for x in jax.tree.leaves(policy.init(jax.random.PRNGKey(0)))} == {jnp.dtype("float32")}
     with jax.enable_x64(True):  # hardware.enable_x64=true: flax alone would still make float32 parameters
         assert {x.dtype for x in jax.tree.leaves(policy.init(jax.random.PRNGKey(0)))} == {jnp.dtype("float64")}
+
+
+# --- the observation normaliser's options (policy.normalizer, set per algorithm as algo.normalizer) ---
+
+
+def authors_normalizer(batch: np.ndarray, prior: float, clip: float):
+    """Brax 0.0.10's normalization.py, written from its definition: the variance sum starts at ``prior``
+    unit-variance samples, the variance is clipped to [1e-6, 1e6], the output to +-clip."""
+    mean = batch.mean(0)
+    variance = np.clip((prior + ((batch - mean) ** 2).sum(0)) / (prior + len(batch)), 1e-6, 1e6)
+    return lambda obs: np.clip((obs - mean) / np.sqrt(variance), -clip, clip)
+
+
+def test_the_authors_normalizer_has_a_unit_variance_prior_and_clips_to_5():
+    # One input barely moves (as a pole's angle does in a first rollout): without the prior it is blown up.
+    batch = np.random.RandomState(0).randn(6, 3).astype(np.float32) * np.array([1.0, 50.0, 1e-3], np.float32)
+    obs = np.array([0.5, 20.0, 0.05], np.float32)
+    policy = make_policy({"name": "mlp", "normalizer": {"variance_prior": 1.0, "clip": 5.0}}, 3, 1)
+    state = policy.update_normalizer(policy.init_normalizer(), jnp.asarray(batch))
+    expected = authors_normalizer(batch, 1.0, 5.0)(obs)
+    np.testing.assert_allclose(policy.normalize(jnp.asarray(obs), state), expected, rtol=1e-5)
+    assert abs(expected[2]) < 1.0  # the prior keeps the still input near its scale; Brax's would give ~50
+    brax = make_policy({"name": "mlp"}, 3, 1)
+    assert abs(brax.normalize(jnp.asarray(obs), brax.update_normalizer(brax.init_normalizer(), batch))[2]) > 5
+
+
+def test_a_clipped_input_is_clipped_and_passes_no_gradient():
+    policy = make_policy({"name": "mlp", "normalizer": {"clip": 5.0}}, 2, 1)
+    state = policy.init_normalizer()  # identity statistics
+    out = policy.normalize(jnp.array([7.0, -2.0]), state)
+    np.testing.assert_array_equal(out, [5.0, -2.0])
+    grad = jax.grad(lambda o: jnp.sum(policy.normalize(o, state)))(jnp.array([7.0, -2.0]))
+    np.testing.assert_array_equal(grad, [0.0, 1.0])
+
+
+def test_non_finite_observations_are_never_folded_into_the_normalizer():
+    batch = np.random.RandomState(1).randn(8, 3).astype(np.float32)
+    poisoned = batch.copy()
+    poisoned[2, 1], poisoned[5, 0] = np.nan, np.inf
+    policy = make_policy({"name": "mlp"}, 3, 1)
+    clean = policy.update_normalizer(policy.init_normalizer(), jnp.asarray(np.delete(batch, [2, 5], 0)))
+    folded = policy.update_normalizer(policy.init_normalizer(), jnp.asarray(poisoned))
+    np.testing.assert_allclose(folded.mean, clean.mean, rtol=1e-6)
+    np.testing.assert_allclose(folded.std, clean.std, rtol=1e-6)
+    all_bad = policy.update_normalizer(clean, jnp.full((4, 3), jnp.nan))
+    np.testing.assert_array_equal(all_bad.mean, clean.mean)
+    np.testing.assert_array_equal(all_bad.std, clean.std)
+
+
+def test_algo_normalizer_options_reach_the_built_policy_and_bad_ones_are_refused():
+    from diffrl.experiment import build_env, build_policy
+
+    cfg = compose_train("algo=ce_apg", "algo.normalizer.clip=5.0", "algo.normalizer.variance_prior=1.0")
+    policy = build_policy(cfg, build_env(cfg))
+    assert policy.normalizer.clip == 5.0 and policy.normalizer.variance_prior == 1.0
+    with pytest.raises(ValueError, match="clip must be positive"):
+        make_policy({"name": "mlp", "normalizer": {"clip": 0.0}}, 2, 1)

@@ -27,7 +27,6 @@ import jax
 import jax.numpy as jnp
 import optax
 from brax.envs.base import Env
-from brax.training.acme import running_statistics
 from flax import struct
 
 from diffrl.algos.apg import GradientConfig
@@ -181,7 +180,7 @@ class SHAC:
         the critic's value of the pre-reset observation after a time-out, and of the next one otherwise."""
         if not self.config.critic:
             return jnp.zeros_like(trajectory.reward)
-        observed = running_statistics.normalize(trajectory.next_observation, normalizer)
+        observed = self.policy.normalize(trajectory.next_observation, normalizer)
         values = self.critic_net.apply(target_critic, observed)
         terminated = (trajectory.done > 0) & (trajectory.truncation == 0)
         broken = ~jnp.all(jnp.isfinite(trajectory.next_observation), axis=-1)
@@ -238,7 +237,7 @@ class SHAC:
         envs = jax.lax.stop_gradient(envs)  # the next window starts here; no gradient crosses windows
         critic, target_critic, critic_opt = state.critic, state.target_critic, state.critic_opt
         critic_loss, critic_skipped = jnp.zeros(()), jnp.zeros((), jnp.int32)
-        observations = running_statistics.normalize(trajectory.observation, normalizer)
+        observations = self.policy.normalize(trajectory.observation, normalizer)
         if c.critic:
             targets = td_lambda_targets(trajectory.reward, next_values, trajectory.done, c.gamma, c.lam)
             flat = lambda x: x.reshape(-1, *x.shape[2:])

@@ -6,9 +6,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
-from diffrl.networks.base import Carry, NormalizerState, Params, Policy
+from diffrl.networks.base import Carry, NormalizerOptions, NormalizerState, Params, Policy
 from diffrl.networks.gru import GRUPolicy, make_gru_policy, paper_hidden_size
 from diffrl.networks.mlp import (
     MLP,
@@ -23,12 +24,13 @@ STOCHASTIC_POLICIES = ("gaussian_mlp",)
 
 
 def make_policy(options: dict[str, Any], observation_size: int, action_size: int) -> Policy:
-    """``options``: the policy config (``name`` plus that network's keyword arguments)."""
+    """``options``: the policy config (``name``, ``normalizer`` options and that network's keyword arguments)."""
     options = dict(options)
     name = options.pop("name")
+    normalizer = NormalizerOptions(**(options.pop("normalizer", None) or {}))
     if name not in POLICIES:
         raise ValueError(f"unknown policy {name!r}; valid choices: {', '.join(POLICIES)}")
-    return POLICIES[name](observation_size, action_size, **options)
+    return dataclasses.replace(POLICIES[name](observation_size, action_size, **options), normalizer=normalizer)
 
 
 __all__ = [
@@ -37,6 +39,7 @@ __all__ = [
     "STOCHASTIC_POLICIES",
     "Carry",
     "GRUPolicy",
+    "NormalizerOptions",
     "NormalizerState",
     "Params",
     "Policy",

@@ -1,5 +1,6 @@
 """Window returns for SHAC: TD(λ) targets and the short-horizon actor objective against hand
-computations and against the authors' loops (NVlabs/DiffRL ``shac.py``) written out in numpy."""
+computations, TD(λ) against the λ-return of its definition, and the actor objective against the authors'
+loop (NVlabs/DiffRL ``shac.py``) written out in numpy."""
 
 import jax
 import jax.numpy as jnp
@@ -10,19 +11,21 @@ from diffrl.algos.returns import short_horizon_objective, td_lambda_targets
 GAMMA, LAM = 0.9, 0.5
 
 
-def authors_td_lambda(rewards, next_values, done, gamma, lam):
-    """The loop of DiffRL's ``compute_target_values`` (td-lambda), last step forced done."""
-    done = done.astype(float).copy()
-    done[-1] = 1.0
-    a = np.zeros(rewards.shape[1:])
-    b = np.zeros(rewards.shape[1:])
-    lam_t = np.ones(rewards.shape[1:])
+def lambda_return_by_definition(rewards, next_values, done, gamma, lam):
+    """The λ-return of every step, from its definition: the n-step returns
+    G_t^(n) = r_t + γ r_{t+1} + ... + γ^(n-1) r_{t+n-1} + γ^n V_{t+n-1}, for n = 1 .. N, where step t + N - 1 is
+    the first end at or after t (an episode's end or the window's last step), mixed with weights
+    (1 - λ) λ^(n-1) for n < N and λ^(N-1) for the last (the weights sum to 1)."""
+    steps = len(rewards)
     targets = np.zeros_like(rewards)
-    for i in reversed(range(len(rewards))):
-        lam_t = lam_t * lam * (1.0 - done[i]) + done[i]
-        a = (1.0 - done[i]) * (lam * gamma * a + gamma * next_values[i] + (1.0 - lam_t) / (1.0 - lam) * rewards[i])
-        b = gamma * (next_values[i] * done[i] + b * (1.0 - done[i])) + rewards[i]
-        targets[i] = (1.0 - lam) * a + lam_t * b
+    for env in np.ndindex(rewards.shape[1:]):
+        r, v, d = rewards[(slice(None), *env)], next_values[(slice(None), *env)], done[(slice(None), *env)]
+        for t in range(steps):
+            last = next(k for k in range(t, steps) if d[k] or k == steps - 1)
+            horizon = last - t + 1
+            n_step = [sum(gamma**k * r[t + k] for k in range(n)) + gamma**n * v[t + n - 1] for n in range(1, horizon + 1)]
+            weights = [(1 - lam) * lam ** (n - 1) for n in range(1, horizon)] + [lam ** (horizon - 1)]
+            targets[(t, *env)] = np.dot(weights, n_step)
     return targets
 
 
@@ -55,13 +58,22 @@ def test_td_lambda_targets_by_hand_with_a_termination_and_a_time_out():
     np.testing.assert_allclose(timed_out[1], 2.0 + GAMMA * 20.0, rtol=1e-6)
 
 
-def test_td_lambda_targets_match_the_authors_loop_on_random_windows():
-    key_r, key_v, key_d = jax.random.split(jax.random.PRNGKey(0), 3)
-    rewards = np.asarray(jax.random.normal(key_r, (32, 5)))
-    next_values = np.asarray(jax.random.normal(key_v, (32, 5)))
-    done = np.asarray(jax.random.bernoulli(key_d, 0.15, (32, 5)), float)
+def test_td_lambda_targets_are_the_lambda_return_of_its_definition_on_random_windows():
+    """Random windows (24 steps, 3 envs) with terminations (next value 0) and time-outs (next value the
+    critic's of the pre-reset observation): the recursion against the weighted sum of n-step returns."""
+    key_r, key_v, key_d, key_t = jax.random.split(jax.random.PRNGKey(0), 4)
+    shape = (24, 3)
+    rewards = np.asarray(jax.random.normal(key_r, shape), np.float64)
+    done = np.asarray(jax.random.bernoulli(key_d, 0.2, shape), np.float64)
+    time_out = done * np.asarray(jax.random.bernoulli(key_t, 0.5, shape))
+    next_values = np.asarray(jax.random.normal(key_v, shape), np.float64) * (1 - done + time_out)
+    assert 0 < time_out.sum() < done.sum()  # both kinds of end occur
+    expected = lambda_return_by_definition(rewards, next_values, done, 0.99, 0.95)
     ours = td_lambda_targets(jnp.asarray(rewards), jnp.asarray(next_values), jnp.asarray(done), 0.99, 0.95)
-    np.testing.assert_allclose(ours, authors_td_lambda(rewards, next_values, done, 0.99, 0.95), rtol=2e-5, atol=1e-5)
+    np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-5)
+    # λ = 0 is the one-step target, λ = 1 the Monte-Carlo return to the end (bootstrapped there)
+    one_step = td_lambda_targets(jnp.asarray(rewards), jnp.asarray(next_values), jnp.asarray(done), 0.99, 0.0)
+    np.testing.assert_allclose(one_step, rewards + 0.99 * next_values, rtol=1e-5, atol=1e-5)
 
 
 def test_short_horizon_objective_by_hand_and_against_the_authors_loop():

@@ -23,7 +23,9 @@ def lambda_return_by_definition(rewards, next_values, done, gamma, lam):
         for t in range(steps):
             last = next(k for k in range(t, steps) if d[k] or k == steps - 1)
             horizon = last - t + 1
-            n_step = [sum(gamma**k * r[t + k] for k in range(n)) + gamma**n * v[t + n - 1] for n in range(1, horizon + 1)]
+            n_step = [
+                sum(gamma**k * r[t + k] for k in range(n)) + gamma**n * v[t + n - 1] for n in range(1, horizon + 1)
+            ]
             weights = [(1 - lam) * lam ** (n - 1) for n in range(1, horizon)] + [lam ** (horizon - 1)]
             targets[(t, *env)] = np.dot(weights, n_step)
     return targets

@@ -36,7 +36,7 @@ from diffrl.networks import POLICIES, STOCHASTIC_POLICIES, Policy, make_policy
 log = logging.getLogger("diffrl")
 
 # Keys of an algo config that describe the run rather than the algorithm's own options.
-_RUNNER_KEYS = ("name", "budgets")
+_RUNNER_KEYS = ("name", "budgets", "normalizer")  # normalizer: the policy's (build_policy), not the algorithm's
 _EVAL_KEY_OFFSET = 1_000_003  # evaluation start states never coincide with a training key
 
 

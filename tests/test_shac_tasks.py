@@ -171,3 +171,88 @@ def test_checkpoints_keep_the_zero_size_arrays_of_mjx_states(tmp_path):
     restored, host = Checkpointer(tmp_path).restore(like)
     assert host["iteration"] == 3 and restored["act"].shape == (2, 0)
     np.testing.assert_array_equal(restored["q"], state["q"])
+
+
+# --- the rebuilt bodies (shared/SHAC_BODIES.md: dflex's masses at density 1000, every geom on the ground) ---
+DFLEX_TOTAL_MASS = {"shac_ant": 182.176}  # kg, the authors' model.py at density 1000 (SHAC_BODIES.md §5)
+DFLEX_CONTACT = {"shac_ant": (4e4, 4)}  # dflex's contact ke and the stance contacts K0 = ke / (M / n) assumes
+
+
+def rebuilt_model(task):
+    import mujoco
+
+    from diffrl.envs.shac_locomotion import SHAC_LOCOMOTION, diffrl_asset
+
+    return mujoco.MjModel.from_xml_path(diffrl_asset(SHAC_LOCOMOTION[task].body_xml))
+
+
+def ground_contacts_of_each_geom(model):
+    """For each robot geom: lower the body until that geom's lowest point is 1 cm into the floor, collide,
+    and return the geoms touching the floor (MuJoCo's own filter: contype/conaffinity, pairs, margins)."""
+    import mujoco
+
+    data = mujoco.MjData(model)
+    floor = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_GEOM, "floor")
+    height = 2 if model.jnt_type[0] == mujoco.mjtJoint.mjJNT_FREE else model.jnt_qposadr[1]  # free z | rootz
+    touching = {}
+    for geom in range(model.ngeom):
+        if geom == floor:
+            continue
+        data.qpos[:] = model.key_qpos[0] if model.nkey else model.qpos0
+        mujoco.mj_kinematics(model, data)
+        lowest = geom_lowest_point(model, data, geom)
+        data.qpos[height] -= lowest + 0.01
+        mujoco.mj_forward(model, data)
+        pairs = [tuple(c.geom) for c in data.contact[: data.ncon]]
+        touching[geom] = [g for pair in pairs if floor in pair for g in pair if g != floor]
+    return touching
+
+
+def geom_lowest_point(model, data, geom):
+    import mujoco
+
+    centre, radius = data.geom_xpos[geom], model.geom_size[geom, 0]
+    if model.geom_type[geom] == mujoco.mjtGeom.mjGEOM_CAPSULE:
+        half = data.geom_xmat[geom].reshape(3, 3)[:, 2] * model.geom_size[geom, 1]
+        return min(centre[2] + half[2], centre[2] - half[2]) - radius
+    return centre[2] - radius
+
+
+@pytest.mark.parametrize("task", sorted(DFLEX_TOTAL_MASS))
+def test_a_rebuilt_body_weighs_what_dflex_simulated_and_every_geom_touches_the_ground(task):
+    model = rebuilt_model(task)
+    assert model.body_mass.sum() == pytest.approx(DFLEX_TOTAL_MASS[task], rel=0.01)
+    touching = ground_contacts_of_each_geom(model)
+    assert all(geom in touching[geom] for geom in touching), {g: t for g, t in touching.items() if g not in t}
+    # ground only, as dflex: no robot geom collides with another
+    robot = list(touching)
+    assert not any(model.geom_contype[a] & model.geom_conaffinity[b] for a in robot for b in robot)
+
+
+@pytest.mark.parametrize("task", sorted(DFLEX_CONTACT))
+def test_a_rebuilt_body_maps_dflex_contact_stiffness_onto_a_direct_critically_damped_solref(task):
+    model = rebuilt_model(task)
+    ke, stance = DFLEX_CONTACT[task]
+    stiffness = ke / (model.body_mass.sum() / stance)
+    expected = np.tile([-stiffness, -2 * math.sqrt(stiffness)], (model.ngeom, 1))  # the floor's too
+    np.testing.assert_allclose(model.geom_solref, expected, rtol=0.01)
+
+
+def test_the_soft_limit_torque_is_dflex_s_spring_outside_the_range_only():
+    from diffrl.envs.shac_locomotion import soft_limit_torque
+
+    limits = (jnp.array([7, 8]), jnp.array([6, 7]), jnp.array([-0.5, 0.5]), jnp.array([0.5, 1.5]))
+    qpos = jnp.zeros(9).at[7].set(-0.7).at[8].set(1.0)  # 0.2 below the first range; inside the second
+    np.testing.assert_allclose(soft_limit_torque(qpos, 8, limits), [0, 0, 0, 0, 0, 0, 200.0, 0.0], atol=1e-4)
+    qpos = qpos.at[7].set(0.6).at[8].set(1.6)  # 0.1 above both
+    np.testing.assert_allclose(soft_limit_torque(qpos, 8, limits)[6:], [-100.0, -100.0], atol=1e-4)
+
+
+def test_the_rebuilt_ant_is_the_authors_and_refuses_a_pipeline_without_soft_limits():
+    model = rebuilt_model("shac_ant")
+    assert model.nu == 8 and np.all(model.actuator_gear[:, 0] == 200) and not np.any(model.jnt_limited)
+    np.testing.assert_allclose(model.dof_armature[6:], 0.05)
+    np.testing.assert_allclose(model.dof_damping[6:], 11.0)  # damping 1 + dflex's always-on limit damping 10
+    np.testing.assert_allclose(np.degrees(model.jnt_range[1:3]), [[-40, 40], [30, 100]], atol=1e-4)
+    with pytest.raises(ValueError, match="mjx"):
+        make_env("shac_ant", "generalized")

@@ -22,7 +22,7 @@ from brax.envs.base import Env
 
 from diffrl.envs.analytic import AnalyticSwingUpEnv
 from diffrl.envs.brax_suite import BraxSuiteEnv
-from diffrl.envs.shac_locomotion import SHAC_LOCOMOTION, ShacLocomotionEnv
+from diffrl.envs.shac_locomotion import REBUILT_BACKENDS, SHAC_LOCOMOTION, ShacLocomotionEnv
 from diffrl.envs.swingup import SwingUpEnv
 from diffrl.envs.tasks import TASKS, SwingUpTask, wrap_angle
 
@@ -56,7 +56,8 @@ def _brax(name: str, backends: tuple[str, ...] = BRAX_PIPELINES) -> TaskSpec:
 
 
 def _shac(env_class: type[ShacLocomotionEnv]) -> TaskSpec:
-    return TaskSpec(env_class.name, "shac", BRAX_PIPELINES, lambda backend: env_class(backend=backend))
+    backends = REBUILT_BACKENDS if env_class.body_xml else BRAX_PIPELINES  # rebuilt bodies: MJX only
+    return TaskSpec(env_class.name, "shac", backends, lambda backend: env_class(backend=backend))
 
 
 REGISTRY: dict[str, TaskSpec] = {

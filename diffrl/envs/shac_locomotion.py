@@ -1,11 +1,12 @@
 """SHAC's locomotion tasks (Xu et al., ICLR 2022; DiffRL ``envs/{ant,hopper,cheetah,humanoid}.py``) on
-MuJoCo bodies: the authors' observations, rewards, terminations, control step and reset noise, on Brax's
-MJCF models and any of Brax's pipelines (MJX by default).
+MuJoCo bodies: the authors' observations, rewards, terminations, control step and reset noise.
 
-The authors' simulator, dflex, builds its own bodies from the MJCF (density 1000, its own gears, damping
-and penalty contacts, y up); MuJoCo cannot take those choices as they are, so the bodies, gears and
-contacts here are Brax's, and everything the task *asks* (what is observed, what is paid, when an episode
-ends, how it starts) is the authors'. ``docs/shac_tasks.md`` lists every difference and why.
+A task whose class names a ``body_xml`` runs on the body the authors' simulator, dflex, built
+(``diffrl/envs/assets/shac_*.xml``, from shared/SHAC_BODIES.md: density-1000 masses, dflex's torque
+scale, armature and damping, every geom in contact with the ground, its start pose), on MJX only; dflex's
+soft joint limits (a 1000 N m/rad spring outside the range) are applied here every substep
+(``soft_limit_torque``). The others still run on Brax's MJCF models, on any of Brax's pipelines.
+``docs/shac_tasks.md`` lists every difference from the authors' and why.
 
 Shared: control step 1/60 s in ``substeps`` physics steps; actions clipped to [-1, 1] and sent to the
 MJCF's motors; z up (dflex is y up: its "height" is our z, its "up_y" our up_z).
@@ -14,10 +15,12 @@ MJCF's motors; z up (dflex is y up: its "height" is our z, its "up_y" our up_z).
 from __future__ import annotations
 
 import math
+import pathlib
 
 import jax
 import jax.numpy as jnp
 import mujoco
+import numpy as np
 from brax import math as brax_math
 from brax.envs.base import PipelineEnv, State
 from brax.io import mjcf
@@ -29,8 +32,36 @@ CONTROL_DT = 1.0 / 60.0
 TARGET_X = 10000.0  # the authors' far-away target straight ahead: heading reward = cos(angle to +x)
 
 
+DFLEX_LIMIT_STIFFNESS = 1000.0  # dflex's limit_ke (N m/rad) in all four tasks; its limit_kd is in the damping
+REBUILT_BACKENDS = ("mjx",)  # the soft limits reach the physics through MJX's qfrc_applied
+
+
 def brax_asset(file: str) -> str:
     return str(epath.resource_path("brax") / "envs" / "assets" / file)
+
+
+def diffrl_asset(file: str) -> str:
+    return str(pathlib.Path(__file__).parent / "assets" / file)
+
+
+def soft_limits(model: mujoco.MjModel) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(qpos index, dof index, lower, upper) of every hinge or slide joint that has a range: dflex's limits,
+    which the MJCF leaves ``limited="false"`` so MuJoCo adds no hard limit of its own."""
+    scalar = (model.jnt_type == mujoco.mjtJoint.mjJNT_HINGE) | (model.jnt_type == mujoco.mjtJoint.mjJNT_SLIDE)
+    ranged = scalar & (model.jnt_range[:, 0] < model.jnt_range[:, 1])
+    if np.any(model.jnt_limited[ranged]):
+        raise ValueError('a rebuilt SHAC body must leave its soft-limited joints limited="false"')
+    lower, upper = model.jnt_range[ranged].T
+    return model.jnt_qposadr[ranged], model.jnt_dofadr[ranged], lower, upper
+
+
+def soft_limit_torque(qpos: jax.Array, nv: int, limits, stiffness: float = DFLEX_LIMIT_STIFFNESS) -> jax.Array:
+    """dflex's joint-limit law (sim.py eval_joint_force): ke_lim (lower - q) below the range, ke_lim
+    (upper - q) above it, 0 inside; the torque on each dof [nv]."""
+    qpos_index, dof_index, lower, upper = limits
+    q = qpos[qpos_index]
+    torque = stiffness * (jnp.clip(q, lower, upper) - q)
+    return jnp.zeros(nv, qpos.dtype).at[dof_index].set(torque)
 
 
 def uniform(key: jax.Array, shape, scale: float) -> jax.Array:
@@ -47,12 +78,21 @@ class ShacLocomotionEnv(PipelineEnv):
     """What the four tasks share: timing, action clipping, the previous action in ``info``, the replay."""
 
     name: str
-    xml_file: str
+    xml_file: str  # Brax's body (brax/envs/assets) unless body_xml names a rebuilt one
+    body_xml: str | None = None  # the authors' body as dflex simulated it (diffrl/envs/assets)
     substeps: int
     observation_size_: int
 
     def __init__(self, backend: str = "mjx", **kwargs):
-        sys = mjcf.load(brax_asset(self.xml_file))
+        self.limits = None
+        if self.body_xml is None:
+            sys = mjcf.load(brax_asset(self.xml_file))
+        else:
+            if backend not in REBUILT_BACKENDS:
+                raise ValueError(f"{self.name} runs on backend=mjx only (dflex's soft joint limits), not {backend!r}")
+            path = diffrl_asset(self.body_xml)
+            sys = mjcf.load(path)
+            self.limits = tuple(jnp.asarray(a) for a in soft_limits(mujoco.MjModel.from_xml_path(path)))
         sys = sys.tree_replace({"opt.timestep": CONTROL_DT / self.substeps})
         if backend == "mjx":
             # As Brax's own ant and humanoid on MJX: without these the MJX step diverges to NaN within a few
@@ -74,6 +114,18 @@ class ShacLocomotionEnv(PipelineEnv):
 
     def terminated(self, obs: jax.Array) -> jax.Array:
         return jnp.zeros(())
+
+    def pipeline_step(self, pipeline_state, action: jax.Array):
+        """``substeps`` physics steps under one action; on a rebuilt body, dflex's soft-limit torque is
+        recomputed before every substep (dflex evaluates it inside each of its substeps)."""
+        if self.limits is None:
+            return super().pipeline_step(pipeline_state, action)
+
+        def substep(state, _):
+            state = state.replace(qfrc_applied=soft_limit_torque(state.qpos, self.sys.nv, self.limits))
+            return self._pipeline.step(self.sys, state, action, self._debug), None
+
+        return jax.lax.scan(substep, pipeline_state, (), self._n_frames)[0]
 
     # --- Brax's Env ---
     def reset(self, rng: jax.Array) -> State:
@@ -169,9 +221,11 @@ class FloatingTorsoEnv(ShacLocomotionEnv):
 
 
 class ShacAnt(FloatingTorsoEnv):
-    """37 observations; reward v_x + 0.1 up_z + heading + (h - 0.27); ends when the torso is below 0.27."""
+    """37 observations; reward v_x + 0.1 up_z + heading + (h - 0.27); ends when the torso is below 0.27.
+    The authors' ant (assets/shac_ant.xml): 182 kg, torque 200 a, every geom touching the ground."""
 
-    name, xml_file, substeps, observation_size_ = "shac_ant", "ant.xml", 2, 37
+    name, xml_file, substeps, observation_size_ = "shac_ant", "ant.xml", 16, 37
+    body_xml = "shac_ant.xml"
     termination_height = 0.27
 
     def reward(self, obs, action):

@@ -1,7 +1,9 @@
 """One job across several devices (``hardware.devices``): the seed axis sharded over a mesh of CPU host
-devices gives the run a one-device run gives, bit for bit; one seed's population sharded gives it up to
-round-off; impossible device counts are refused before compiling."""
+devices gives the run a one-device run gives, to float32 round-off (bit for bit is not promised: XLA may
+vectorise a program for 2 seeds a device differently from one for 4); impossible device counts are refused
+before compiling."""
 
+import itertools
 import json
 import os
 
@@ -11,9 +13,15 @@ import pytest
 from diffrl.devices import DeviceError, requested_devices
 from diffrl.experiment import ConfigError, check_config
 
-from conftest import compose_train, deterministic_part, run_diffrl
+from conftest import compose_train, run_diffrl
 
 SMOKE = ("debug=smoke", "algo=cem", "logger.console.progress_bar=false")
+ITERATIONS, EPISODE_STEPS = 4, 50  # debug=smoke's
+# Float32 round-off, not a measured slack. A metric is a float32 sum of up to EPISODE_STEPS terms (a
+# return); the same sum vectorised differently (another batch shape, another device count, AVX-512 vs
+# AVX2) may differ by up to about one ulp per term, and training carries each iteration's difference
+# into the next. Measured: 22.630186 vs 22.630184 (9e-8) on an Intel AVX-512 Xeon, identical on AMD EPYC.
+ROUND_OFF = ITERATIONS * EPISODE_STEPS * float(np.finfo(np.float32).eps)  # 2.4e-5
 
 
 def _runs(root):
@@ -27,10 +35,25 @@ def _runs(root):
     return runs
 
 
-def test_seeds_sharded_over_two_devices_train_exactly_as_on_one(tmp_path, monkeypatch):
+def per_seed(rows, summary) -> dict[str, np.ndarray]:
+    """Every per-seed number of a run: each chunk's training returns, and the final evaluation's."""
+    numbers = {f"return@{row['iteration']}": row["return"] for row in rows}
+    numbers |= {f"train_episode_return@{row['iteration']}": row["train_episode_return"] for row in rows}
+    numbers["final"] = summary["final_return"]["per_seed"]
+    return {key: np.asarray(value, np.float64) for key, value in numbers.items()}
+
+
+def assert_same_run_to_round_off(runs, sharded, reference):
+    got, want = per_seed(*runs[sharded]), per_seed(*runs[reference])
+    assert got.keys() == want.keys()
+    for key in want:
+        message = f"{sharded} vs {reference}: {key}"
+        np.testing.assert_allclose(got[key], want[key], rtol=ROUND_OFF, atol=0, err_msg=message)
+
+
+def test_seeds_sharded_over_two_devices_train_as_on_one_to_round_off(tmp_path, monkeypatch):
     """Both jobs of the sweep run under the XLA flags a sharded CPU run sets for itself (2 host devices, one
-    thread each), so the 1-device run is the reference a user would compare against. CEM's arithmetic does
-    not depend on how many seeds a device batches; CE-APG's does, by round-off (docs/cluster.md)."""
+    thread each), so the 1-device run is the reference a user would compare against."""
     flags = "--xla_force_host_platform_device_count=2 --xla_cpu_multi_thread_eigen=false"
     monkeypatch.setenv("XLA_FLAGS", f"{os.environ.get('XLA_FLAGS', '')} {flags}")
     run_diffrl("train", "-m", *SMOKE, "hardware.devices=1,2", "num_seeds=1,4", cwd=tmp_path)
@@ -41,20 +64,16 @@ def test_seeds_sharded_over_two_devices_train_exactly_as_on_one(tmp_path, monkey
     log = (next((tmp_path / "outputs").glob("multirun/*/*/*devices=2,num_seeds=1*")) / "train.log").read_text()
     assert "1 seeds, each seed's population (24) sharded over 2 devices" in log
 
-    # One seed on two devices: its population is split, each device scores its half, the elites are chosen
-    # from all: the same run as on one device, up to round-off (a device batches 12 candidates, not 24).
-    (halves_rows, halves), (whole_rows, whole) = runs[(2, 1)], runs[(1, 1)]
-    assert [sorted(r) for r in halves_rows] == [sorted(r) for r in whole_rows]
-    for halves_row, whole_row in zip(halves_rows, whole_rows):
-        for key, value in deterministic_part(whole_row).items():
-            np.testing.assert_allclose(halves_row[key], value, rtol=1e-4, err_msg=key)
-    np.testing.assert_allclose(halves["final_return"]["per_seed"], whole["final_return"]["per_seed"], rtol=1e-4)
+    # Two seeds a device, and one seed's population split over both devices (each scores 12 candidates, the
+    # elites are chosen from all 24): the numbers of one device, to round-off, seed by seed.
+    assert [r["iteration"] for r in runs[(2, 4)][0]] == [2, 4]
+    assert_same_run_to_round_off(runs, (2, 4), (1, 4))
+    assert_same_run_to_round_off(runs, (2, 1), (1, 1))
 
-    # Two seeds a device: the same metrics and final returns as on one device, bit for bit.
-    (sharded_rows, sharded), (one_rows, one) = runs[(2, 4)], runs[(1, 4)]
-    assert [r["iteration"] for r in sharded_rows] == [2, 4]
-    assert [deterministic_part(r) for r in sharded_rows] == [deterministic_part(r) for r in one_rows]
-    assert sharded["final_return"] == one["final_return"]
+    # The tolerance cannot hide a seed trained in another seed's place: seeds differ by far more than it.
+    finals = per_seed(*runs[(1, 4)])["final"]
+    for a, b in itertools.combinations(finals, 2):
+        assert abs(a - b) > 100 * ROUND_OFF * max(abs(a), abs(b)), finals
 
 
 @pytest.mark.parametrize(

@@ -88,6 +88,7 @@ demos: install ## remake the committed expert demos of ILD's tasks (ILD_TASKS) i
 ild: install ## ILD paper figure (ILD, ILD-L2, BC x ILD's tasks, committed demos): sweep, then table + curves; BUDGET, LAUNCHER as table1
 	$(BIN)/diffrl train -m experiment=ild_fig budget=$(BUDGET) launcher=$(LAUNCHER) $(ARGS)
 	$(BIN)/diffrl table $(TABLES)/ild_fig_$(BUDGET)
+	$(BIN)/diffrl table $(TABLES)/ild_fig_$(BUDGET) --metric final_sampled_return --out $(TABLES)/ild_fig_$(BUDGET)/sampled
 	$(BIN)/diffrl plot $(TABLES)/ild_fig_$(BUDGET)
 
 readme: install ## copy the committed result tables (docs/results/) into the generated blocks of the README and docs/cluster.md

@@ -19,7 +19,8 @@ def main(argv: list[str] | None = None) -> None:
         choices=METRICS,
         default="final_return",
         help="final_return: diffrl's final evaluation (default); "
-        "final_train_return: the last training return (what the paper reports)",
+        "final_train_return: the last training return (what the paper reports); "
+        "final_sampled_return: the final evaluation with sampled actions (ILD, BC)",
     )
     parser.add_argument(
         "--paper", choices=sorted(PAPERS), help="paper table to compare with (default: the sweep's experiment)"

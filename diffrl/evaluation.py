@@ -24,18 +24,29 @@ def task_metrics_hook(env: Env):
     return getattr(env, "episode_metrics", None)
 
 
-def make_episode_stats(env: Env, policy: Policy, episode_length: int, episodes: int):
+def make_episode_stats(env: Env, policy: Policy, episode_length: int, episodes: int, sample_actions: bool = False):
     """Returns jitted ``stats(params, normalizer, key) -> {"return", "length", <task metrics>}``, each
     [seeds, episodes]: the undiscounted return, the episode's length in steps (shorter than
     ``episode_length`` when it terminated) and whatever the task's ``episode_metrics`` hook reports.
 
     ``params`` and ``normalizer`` carry a leading seed axis; all seeds see the same start states.
+    ``sample_actions``: a stochastic policy samples its actions (ILD's authors evaluated so) instead of acting
+    with its mean; the noise differs per episode and is the same for every seed.
     """
     hook = task_metrics_hook(env)
 
-    def one_episode(params: Params, normalizer: NormalizerState, start_state) -> dict[str, jax.Array]:
+    def one_episode(params: Params, normalizer: NormalizerState, start_state, action_key) -> dict[str, jax.Array]:
         record = hook is not None
-        trajectory = episode(env, policy, params, normalizer, start_state, episode_length, record_pipeline_state=record)
+        trajectory = episode(
+            env,
+            policy,
+            params,
+            normalizer,
+            start_state,
+            episode_length,
+            record_pipeline_state=record,
+            action_key=action_key if sample_actions else None,
+        )
         out = {"return": jnp.sum(trajectory.reward), "length": jnp.sum(trajectory.alive)}
         if hook is not None:
             out.update(hook(trajectory.pipeline_state, trajectory.alive))
@@ -44,7 +55,8 @@ def make_episode_stats(env: Env, policy: Policy, episode_length: int, episodes: 
     @jax.jit
     def stats(params: Params, normalizer: NormalizerState, key: jax.Array) -> dict[str, Any]:
         starts = jax.vmap(env.reset)(jax.random.split(key, episodes))
-        per_seed = lambda p, n: jax.vmap(lambda s: one_episode(p, n, s))(starts)
+        action_keys = jax.random.split(jax.random.fold_in(key, 1), episodes)
+        per_seed = lambda p, n: jax.vmap(lambda s, k: one_episode(p, n, s, k))(starts, action_keys)
         return jax.vmap(per_seed)(params, normalizer)
 
     return stats

@@ -36,6 +36,7 @@ from diffrl.experiment import (
     evaluation_length,
     is_external,
     make_logger,
+    mean_std,
     population_size,
     seed_keys,
     write_summary,
@@ -179,6 +180,18 @@ def place_on_devices(cfg: DictConfig, exp: Experiment):
     return None, f", each seed's population ({population}) sharded over {len(devices)} devices"
 
 
+def sampled_evaluation(exp: Experiment, params, normalizer, eval_key) -> dict[str, Any]:
+    """The final evaluation with sampled actions, for an algorithm that asks for one
+    (``sampled_evaluation_episodes``: ILD and BC, as ILD's authors evaluated), from as many random resets;
+    empty otherwise. Summary keys: ``final_sampled_return`` and ``sampled_eval_episodes``."""
+    episodes = int(getattr(exp.algo, "sampled_evaluation_episodes", 0) or 0)
+    if not episodes or not exp.policy.stochastic:
+        return {}
+    stats = make_episode_stats(exp.env, exp.policy, exp.episode_length, episodes, sample_actions=True)
+    returns = np.asarray(jax.device_get(stats(params, normalizer, eval_key))["return"])
+    return {"final_sampled_return": mean_std(returns.mean(axis=1).tolist()), "sampled_eval_episodes": episodes}
+
+
 def train_compiled(cfg: DictConfig, run_dir: pathlib.Path) -> dict[str, Any]:
     """diffrl's own algorithms: seeds vmapped, iterations scanned into compiled chunks."""
     configure_jax(cfg.hardware)
@@ -273,6 +286,7 @@ def train_compiled(cfg: DictConfig, run_dir: pathlib.Path) -> dict[str, Any]:
 
         params, normalizer = policy_of(states)
         final_stats = jax.device_get(episode_stats(params, normalizer, eval_key))
+        sampled = sampled_evaluation(exp, params, normalizer, eval_key)
         host["wall_clock_s"] = time.perf_counter() - segment_start
         summary = build_summary(
             cfg,
@@ -285,6 +299,7 @@ def train_compiled(cfg: DictConfig, run_dir: pathlib.Path) -> dict[str, Any]:
             compile_time_s=host["compile_time_s"],
             effective=exp.effective,
         )
+        summary.update(sampled)
         write_summary(run_dir, summary, wandb_sink)
         return summary
     finally:

@@ -10,7 +10,7 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 from diffrl.envs import make_env
-from diffrl.networks import POLICIES, make_gru_policy, make_policy, make_value_network
+from diffrl.networks import POLICIES, STOCHASTIC_POLICIES, make_gru_policy, make_policy, make_value_network
 from diffrl.networks.gru import paper_hidden_size
 from diffrl.rollout import episode_return
 
@@ -28,7 +28,7 @@ def test_every_policy_config_builds_a_policy_that_acts_in_bounds(name):
     carry, action = policy.act(params, normalizer, policy.initial_carry(), obs, jax.random.PRNGKey(2))
     assert action.shape == (ACT,) and bool(jnp.all(jnp.abs(action) <= 1.0))
     assert carry.shape == policy.initial_carry().shape
-    assert policy.name == name and policy.stochastic == (name == "gaussian_mlp")
+    assert policy.name == name and policy.stochastic == (name in STOCHASTIC_POLICIES)
 
 
 def test_gru_policy_is_the_papers_shape():
@@ -114,7 +114,7 @@ def test_value_network_maps_a_batch_of_observations_to_scalars():
 
 
 def test_unknown_policy_lists_the_choices():
-    with pytest.raises(ValueError, match="unknown policy 'lstm'; valid choices: gru, mlp, gaussian_mlp"):
+    with pytest.raises(ValueError, match="unknown policy 'lstm'; valid choices: gru, mlp, gaussian_mlp, state_std_mlp"):
         make_policy({"name": "lstm"}, OBS, ACT)
 
 

@@ -1,29 +1,35 @@
 """ILD (Chen, Ma, Xu 2022): imitation through differentiable physics, and behaviour cloning (BC).
 
-Both learn from expert demonstrations (``diffrl.demos``: states, observations and actions of a few
-episodes of an expert, best first).
+Both learn from expert demonstrations (``diffrl.demo_file``: states, observations and actions of a few
+episodes of an expert, best first). The defaults are what the authors' code ran (``sail-sg/ILD``,
+``policy/brax_task/train_on_policy.py``); ``docs/ild.md`` names every option and every deviation.
 
 ILD, per iteration:
-1. roll ``num_envs`` episodes of ``episode_length`` steps out from the best demo's start state, sampling
-   the tanh-Normal policy with reparameterised noise, so each state is a differentiable function of the
-   parameters through the simulator;
-2. loss: the trajectory distance (``algo.loss``: two-way Chamfer, or time-aligned L2;
-   ``diffrl.algos.trajectory_distance``) between each rollout's physics states and the demos' (the
-   nearest of ``algo.demos`` demos), both normalised by running statistics of the states; tanh of it,
-   averaged over the rollouts;
-3. one Adam step, the gradient flowing back through time as ILD's authors let it: each step's state
-   cotangent clipped to norm ``grad.step_clip`` (1), cut every ``grad.truncation`` (10) steps, the update
-   clipped to global norm ``grad.clip_norm`` (0.3); a non-finite update is skipped and counted;
-4. the state statistics fold in the rollouts' states.
-Before the first iteration, ``warmup`` runs ``bc_steps`` (1000) steps of behaviour cloning on the demos.
-The policy's observation normaliser holds the demos' statistics and stays fixed: the warm-up cloned the
-expert through it, and folding in the first (failing) rollouts would shift every input and undo the
-clone in one iteration (measured on the inverted pendulum: return 96 after the warm-up, 37 one iteration later).
+1. roll ``num_envs`` episodes of ``episode_length`` steps out from ``num_envs`` start states, sampling the
+   tanh-Normal policy with reparameterised noise, so each state is a differentiable function of the parameters
+   through the simulator. ``start=resets`` (the authors'): N random resets drawn once per seed and kept;
+   ``start=demo``: every rollout from the best demo's own start state;
+2. the trajectory distance (``algo.loss``: two-way Chamfer, or time-aligned Euclidean L2;
+   ``diffrl.algos.trajectory_distance``) between each rollout's physics states and the demos' (the nearest of
+   ``algo.demos``), both normalised by running statistics of the states and clipped to +-``state_clip``. A
+   state after a termination never enters it (the authors' envs auto-reset) and passes no gradient;
+3. loss (``algo.squash``): tanh of the batch-mean distance (the authors' Chamfer loss), no tanh (their L2
+   loss), or the mean of per-rollout tanh (diffrl's earlier choice);
+4. one Adam step, the gradient flowing back through time as the authors let it: each step's state cotangent
+   clipped to norm ``grad.step_clip`` (1), cut every ``grad.truncation`` (10) steps, the update clipped to
+   global norm ``grad.clip_norm`` (0.3); a non-finite update is skipped and counted;
+5. the state statistics fold in the rollouts' states.
+Before the first iteration, ``warmup`` runs ``bc_steps`` (1000) steps of behaviour cloning on the demos. The
+policy's observation normaliser holds the demos' statistics and stays fixed (docs/ild.md: why).
 
-BC regresses the policy's deterministic action, tanh(mean), onto the demo's action at the demo's
-observations (mean squared error, full batch, Adam): the warm-up on its own, and ILD's natural baseline.
-Each of its iterations ends with one deterministic rollout from the demo's start state, so its return and
-distance to the demo are logged like ILD's.
+BC (``bc_loss=sampled``, the authors'): the policy's *sampled* tanh-Normal action regressed onto the demo's
+action at the demo's observations, squared error summed over action dims, full batch, Adam, global-norm clip
+``bc_clip_norm`` (0.3): the std gets a gradient and falls. ``bc_loss=mean``: tanh(mean) regressed instead
+(mean squared error), which leaves the std where it was. ``algo=bc`` is the warm-up on its own.
+
+Both log ``distance``: the Chamfer distance of the iteration's sampled rollouts from the N fixed start states
+to the demo, normalised by the demos' own statistics (a fixed scale: BC's and ILD's curves compare), and
+``distance_demo_start``, the same of one deterministic rollout from the demo's start state.
 """
 
 from __future__ import annotations
@@ -41,16 +47,24 @@ from flax import struct
 
 from diffrl.algos.apg import APGCore, GradientConfig, UpdateStats, guarded_update, nonfinite_streak
 from diffrl.algos.trajectory_distance import DISTANCES, trajectory_distance
-from diffrl.demos import DemoError, Demos, check_demos_fit, load_demos, state_features
+from diffrl.demo_file import DemoError, Demos, check_demos_fit, load_demos, state_features
 from diffrl.networks.base import NormalizerState, Params, Policy
 from diffrl.rollout import Trajectory, episode
 
 ILD_GRADIENTS = GradientConfig(truncation=10, step_clip=1.0, clip_norm=0.3)  # the paper's
+STARTS = ("resets", "demo")
+BC_LOSSES = ("sampled", "mean")
+SQUASHES = ("tanh_of_mean", "none", "mean_of_tanh")
+
+
+def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"unknown algo.{name} {value!r}; valid choices: {', '.join(choices)}")
 
 
 @dataclasses.dataclass(frozen=True)
 class ImitationConfig:
-    """What BC and ILD share: the demos and how they are used."""
+    """What BC and ILD share: the demos, the start states and how the policy is cloned."""
 
     demo: str  # the demo file (default: the committed demo of the task, diffrl/data/demos/<task>.npz)
     task: str  # what the demo file must hold (the run's env and backend)
@@ -58,26 +72,38 @@ class ImitationConfig:
     demos: int = 1  # how many of the file's best demos to imitate (ILD: the distance is to the nearest)
     episode_length: int = 128  # steps of each rollout (the demos must be at least this long)
     learning_rate: float = 1e-3  # Adam
+    num_envs: int = 16  # rollouts per iteration (ILD: trained on; BC: measured), paper: 300
+    start: str = "resets"  # resets: N random resets drawn once (the authors') | demo: the demo's start state
+    bc_loss: str = "sampled"  # sampled: sampled actions, summed over dims (the authors') | mean: tanh(mean), MSE
+    bc_clip_norm: float | None = 0.3  # global-norm clip of BC's gradient (the authors')
+    state_clip: float | None = 5.0  # clip normalised states to +-state_clip in the distance (the authors')
+    sampled_evaluation_episodes: int = 128  # the final evaluation with sampled actions (the authors': 128)
+
+    def __post_init__(self):
+        check_choice("start", self.start, STARTS)
+        check_choice("bc_loss", self.bc_loss, BC_LOSSES)
+        if self.num_envs < 1:
+            raise ValueError(f"algo.num_envs must be >= 1, got {self.num_envs}")
 
 
 @dataclasses.dataclass(frozen=True)
 class BCConfig(ImitationConfig):
     steps_per_iteration: int = 50  # Adam steps of action regression per iteration
-    loss: str = "chamfer"  # the distance to the demo that is logged (BC does not train on it)
     grad: GradientConfig = GradientConfig()  # BC does not differentiate the simulator; here for uniformity
 
 
 @dataclasses.dataclass(frozen=True)
 class ILDConfig(ImitationConfig):
-    num_envs: int = 16  # rollouts per iteration, all from the demo's start state (paper: 300)
-    loss: str = "chamfer"  # chamfer | l2
+    loss: str = "chamfer"  # chamfer | l2 (Euclidean, time-aligned) | l2_rms
+    squash: str = "tanh_of_mean"  # tanh_of_mean (the authors' chamfer) | none (their l2) | mean_of_tanh
     bc_steps: int = 1000  # behaviour-cloning warm-up before the first iteration (0: none)
     bc_learning_rate: float = 1e-3
     grad: GradientConfig = ILD_GRADIENTS
 
     def __post_init__(self):
-        if self.loss not in DISTANCES:
-            raise ValueError(f"unknown algo.loss {self.loss!r}; valid choices: {', '.join(DISTANCES)}")
+        super().__post_init__()
+        check_choice("loss", self.loss, DISTANCES)
+        check_choice("squash", self.squash, SQUASHES)
 
 
 @struct.dataclass
@@ -113,7 +139,7 @@ def load_imitation_demos(config: ImitationConfig, env: Env) -> Demos:
 
 def demo_arrays(demos: Demos, length: int) -> DemoArrays:
     dtype = jnp.asarray(0.0).dtype
-    cut = lambda x: jnp.asarray(x[:, :length], dtype)
+    cut = lambda x: jnp.asarray(x[:, :length], dtype)  # noqa: E731
     return DemoArrays(
         observation=cut(demos.observation),
         action=cut(demos.action),
@@ -133,33 +159,67 @@ def fold_states(statistics: NormalizerState, states: jax.Array) -> NormalizerSta
     return running_statistics.update(statistics, states.reshape(-1, states.shape[-1]), std_min_value=STATE_STD_FLOOR)
 
 
+def fold_valid_states(statistics: NormalizerState, states: jax.Array, valid: jax.Array) -> NormalizerState:
+    """``fold_states`` of the valid states [..., F] alone (a fallen body's states would shift the scale)."""
+    flat, weights = states.reshape(-1, states.shape[-1]), valid.reshape(-1).astype(states.dtype)
+    safe = jnp.where(weights[:, None] > 0, flat, statistics.mean)
+    return running_statistics.update(statistics, safe, weights=weights, std_min_value=STATE_STD_FLOOR)
+
+
 def state_normalizer(states: jax.Array) -> NormalizerState:
     """Running mean/std of flat physics states, started from ``states`` [..., F]."""
     init = running_statistics.init_state(specs.Array((states.shape[-1],), jnp.asarray(0.0).dtype))
     return fold_states(init, states)
 
 
-def policy_actions(policy: Policy, params: Params, normalizer: NormalizerState, observations: jax.Array) -> jax.Array:
-    """The deterministic actions of ``policy`` along demo episodes ([D, T, obs] -> [D, T, act]); a
-    recurrent policy carries its state along each episode."""
+def valid_states(trajectory: Trajectory) -> jax.Array:
+    """[..., T]: the recorded states (after each step) that belong to a running episode: not after a
+    termination, nor the terminal state itself (the authors' auto-reset replaced it). A time-out is no end."""
+    terminated = (trajectory.done > 0) & (trajectory.truncation == 0)
+    return trajectory.alive.astype(bool) & ~terminated
 
-    def along(episode: jax.Array) -> jax.Array:
-        def step(carry, obs):
-            carry, action = policy.act(params, normalizer, carry, obs)
-            return carry, action
 
-        return jax.lax.scan(step, policy.initial_carry(), episode)[1]
+def without_invalid_gradients(states: jax.Array, valid: jax.Array) -> jax.Array:
+    """The states, those not ``valid`` replaced by finite constants: they pass no gradient (and a diverged
+    body's NaN cannot poison the backward pass through the mask)."""
+    frozen = jax.lax.stop_gradient(jnp.nan_to_num(states, posinf=0.0, neginf=0.0))
+    return jnp.where(valid[..., None], states, frozen)
 
-    return jax.vmap(along)(observations)
+
+def policy_actions(
+    policy: Policy, params: Params, normalizer: NormalizerState, observations: jax.Array, key: jax.Array | None = None
+) -> jax.Array:
+    """The policy's actions along demo episodes ([D, T, obs] -> [D, T, act]): deterministic, or sampled
+    (reparameterised) when given a key; a recurrent policy carries its state along each episode."""
+    episodes, steps = observations.shape[:2]
+    keys = None if key is None else jax.random.split(key, episodes * steps).reshape(episodes, steps, -1)
+
+    def along(episode_obs: jax.Array, episode_keys) -> jax.Array:
+        def step(carry, inputs):
+            obs, step_key = inputs
+            return policy.act(params, normalizer, carry, obs, step_key)
+
+        return jax.lax.scan(step, policy.initial_carry(), (episode_obs, episode_keys))[1]
+
+    return jax.vmap(along)(observations, keys)
 
 
 def action_error(policy: Policy, params: Params, normalizer: NormalizerState, demos: DemoArrays) -> jax.Array:
-    """BC's loss: mean squared error between the policy's and the expert's actions at the demo's observations."""
+    """Mean squared error between the policy's deterministic and the expert's actions at the demo's observations."""
     return jnp.mean((policy_actions(policy, params, normalizer, demos.observation) - demos.action) ** 2)
 
 
+def sampled_action_error(
+    policy: Policy, params: Params, normalizer: NormalizerState, demos: DemoArrays, key: jax.Array
+) -> jax.Array:
+    """The authors' BC loss: (sampled tanh-Normal action - expert action)^2, summed over action dims, averaged
+    over the demo's steps. The sample's spread adds to it, so its gradient drives the std down."""
+    actions = policy_actions(policy, params, normalizer, demos.observation, key)
+    return jnp.mean(jnp.sum((actions - demos.action) ** 2, axis=-1))
+
+
 class Imitation:
-    """What BC and ILD share: the demos, the flat parameters and the rollout from the demo's start."""
+    """What BC and ILD share: the demos, the flat parameters, the start states, cloning and the measured distance."""
 
     population_mesh = None
 
@@ -167,53 +227,103 @@ class Imitation:
         self.env, self.policy, self.config = env, policy, config
         self.demo_file = load_imitation_demos(config, env)
         self.demos = demo_arrays(self.demo_file, config.episode_length)
+        self.demo_statistics = state_normalizer(self.demos.state)  # the fixed scale of the logged distance
         self.core = APGCore(env, policy, config.grad, 1, config.episode_length)  # flat params, Adam, clipping
         self.optimizer = self.core.optimizer(config.learning_rate)
 
-    def start_state(self):
-        return self.env.reset(self.demos.reset_key)
+    @property
+    def sampled_evaluation_episodes(self) -> int:
+        return self.config.sampled_evaluation_episodes
+
+    def start_keys(self, key: jax.Array) -> jax.Array:
+        """The N reset keys of a seed's start states, drawn once (kept in the state: a resumed run keeps them)."""
+        return jax.random.split(key, self.config.num_envs)
+
+    def start_states(self, start_keys: jax.Array):
+        if self.config.start == "demo":
+            return jax.vmap(lambda _: self.env.reset(self.demos.reset_key))(start_keys)
+        return jax.vmap(self.env.reset)(start_keys)
 
     def initial_normalizer(self) -> NormalizerState:
         """The observation normaliser, started from the demos' observations (what BC sees)."""
         return self.policy.update_normalizer(self.policy.init_normalizer(), self.demos.observation)
 
-    def rollout(self, flat, normalizer, key, deterministic: bool) -> Trajectory:
-        """One ``episode_length``-step episode from the demo's start state, through ``algo.grad``'s gradient
-        options; its ``pipeline_state`` holds each step's ``state_features``."""
+    def rollout(self, flat, normalizer, start_state, key, deterministic: bool) -> Trajectory:
+        """One ``episode_length``-step episode from ``start_state``, through ``algo.grad``'s gradient options;
+        its ``pipeline_state`` holds each step's ``state_features``."""
         return episode(
             self.env,
             self.policy,
             self.core.unravel(flat),
             normalizer,
-            self.start_state(),
+            start_state,
             self.config.episode_length,
             self.core.grad.rollout_options,
             record_pipeline_state=state_features,
             action_key=None if deterministic else key,
         )
 
-    def distances(self, states: jax.Array, statistics: NormalizerState) -> jax.Array:
-        """[N, T, F] rollout states -> [N] distances to the nearest demo, all normalised by ``statistics``."""
-        demos = running_statistics.normalize(self.demos.state, statistics)
-        agent = running_statistics.normalize(states, statistics)
-        return jax.vmap(lambda a: trajectory_distance(a, demos, self.config.loss))(agent)
+    def rollouts(self, flat, normalizer, start_keys, key) -> Trajectory:
+        """[N, T]: sampled rollouts from the N start states."""
+        keys = jax.random.split(key, start_keys.shape[0])
+        starts = self.start_states(start_keys)
+        return jax.vmap(lambda s, k: self.rollout(flat, normalizer, s, k, deterministic=False))(starts, keys)
 
-    def bc_steps(self, flat, opt_state, normalizer, steps: int, optimizer):
+    def distances(self, states, valid, statistics: NormalizerState, kind: str) -> jax.Array:
+        """[N, T, F] rollout states (their ``valid`` ones) -> [N] distances to the nearest demo, all normalised
+        by ``statistics`` and clipped to +-``state_clip``."""
+        clip = self.config.state_clip
+        demos = running_statistics.normalize(self.demos.state, statistics, max_abs_value=clip)
+        agent = running_statistics.normalize(without_invalid_gradients(states, valid), statistics, max_abs_value=clip)
+        return jax.vmap(lambda a, v: trajectory_distance(a, demos, kind, v))(agent, valid)
+
+    def fixed_scale_distance(self, trajectory: Trajectory) -> jax.Array:
+        """[N]: the Chamfer distance of rollouts to the demo on the demos' own statistics (what is logged)."""
+        states = jax.lax.stop_gradient(trajectory.pipeline_state)
+        return self.distances(states, valid_states(trajectory), self.demo_statistics, "chamfer")
+
+    def demo_start_measure(self, flat, normalizer) -> dict[str, jax.Array]:
+        """One deterministic rollout from the demo's start state: its return and fixed-scale distance."""
+        trajectory = jax.tree.map(
+            lambda x: x[None], self.rollout(flat, normalizer, self.env.reset(self.demos.reset_key), None, True)
+        )
+        return {
+            "return_demo_start": jnp.sum(trajectory.reward),
+            "distance_demo_start": self.fixed_scale_distance(trajectory)[0],
+        }
+
+    def bc_loss(self, flat, normalizer, key) -> jax.Array:
+        params = self.core.unravel(flat)
+        if self.config.bc_loss == "sampled":
+            return sampled_action_error(self.policy, params, normalizer, self.demos, key)
+        return action_error(self.policy, params, normalizer, self.demos)
+
+    def bc_steps(self, flat, opt_state, normalizer, key, steps: int, optimizer):
         """``steps`` full-batch Adam steps of action regression; returns (flat, opt_state, losses [steps])."""
+        clip = optax.clip_by_global_norm(self.config.bc_clip_norm) if self.config.bc_clip_norm else optax.identity()
 
-        def loss(p):
-            return action_error(self.policy, self.core.unravel(p), normalizer, self.demos), None
-
-        def body(carry, _):
+        def body(carry, step_key):
             flat, opt_state = carry
-            flat, opt_state, value, _, _ = guarded_update(loss, flat, opt_state, optimizer, optax.identity())
+            loss = lambda p: (self.bc_loss(p, normalizer, step_key), None)  # noqa: E731
+            flat, opt_state, value, _, _ = guarded_update(loss, flat, opt_state, optimizer, clip)
             return (flat, opt_state), value
 
-        (flat, opt_state), losses = jax.lax.scan(body, (flat, opt_state), None, length=steps)
+        (flat, opt_state), losses = jax.lax.scan(body, (flat, opt_state), jax.random.split(key, steps))
         return flat, opt_state, losses
 
     def policy_params(self, state) -> tuple[Params, NormalizerState]:
         return self.core.unravel(state.params), state.normalizer
+
+    def mean_std(self, flat, normalizer) -> jax.Array:
+        """The policy's mean std (before the tanh) over the demo's observations: BC should lower it."""
+        params = self.core.unravel(flat)
+
+        def log_std(obs):
+            _, out = self.policy.distribution(params, normalizer, self.policy.initial_carry(), obs)
+            return out[1] if self.policy.stochastic else jnp.zeros(())
+
+        obs = self.demos.observation.reshape(-1, self.demos.observation.shape[-1])
+        return jnp.mean(jnp.exp(jax.vmap(log_std)(obs)))
 
     def demo_metrics(self) -> dict[str, jax.Array]:
         return {"demo_return": self.demos.returns[0]}
@@ -225,42 +335,40 @@ class BCState:
     params: jax.Array  # flat
     opt_state: Any
     normalizer: NormalizerState
+    start_keys: jax.Array  # [N, 2]: the measured rollouts' start states
     key: jax.Array
 
 
 class BC(Imitation):
     name = "bc"
 
-    def __init__(self, env: Env, policy: Policy, config: BCConfig):
-        super().__init__(env, policy, config)
-        self.statistics = state_normalizer(self.demos.state)
-
     @property
     def env_steps_per_iteration(self) -> int:
-        return 0  # BC never steps the simulator to learn (its logged rollout is a measurement)
+        return 0  # BC never steps the simulator to learn (its logged rollouts are a measurement)
 
     def init(self, key: jax.Array) -> BCState:
-        key, init_key = jax.random.split(key)
+        key, init_key, start_key = jax.random.split(key, 3)
         flat = self.core.flat_init(init_key)
-        return BCState(flat, self.optimizer.init(flat), self.initial_normalizer(), key)
+        return BCState(flat, self.optimizer.init(flat), self.initial_normalizer(), self.start_keys(start_key), key)
 
     def train_step(self, state: BCState) -> tuple[BCState, dict[str, jax.Array]]:
         c = self.config
+        key, bc_key, rollout_key = jax.random.split(state.key, 3)
         flat, opt_state, losses = self.bc_steps(
-            state.params, state.opt_state, state.normalizer, c.steps_per_iteration, self.optimizer
+            state.params, state.opt_state, state.normalizer, bc_key, c.steps_per_iteration, self.optimizer
         )
-        key, rollout_key = jax.random.split(state.key)
-        trajectory = self.rollout(flat, state.normalizer, rollout_key, deterministic=True)
-        states = trajectory.pipeline_state[None]
-        episode_return = jnp.sum(trajectory.reward)
+        trajectory = self.rollouts(flat, state.normalizer, state.start_keys, rollout_key)
         metrics = {
-            "return": episode_return,
-            "action_error": losses[-1],
-            "distance": self.distances(states, self.statistics)[0],
+            "return": jnp.mean(jnp.sum(trajectory.reward, axis=-1)),
+            "bc_loss": losses[-1],
+            "action_error": action_error(self.policy, self.core.unravel(flat), state.normalizer, self.demos),
+            "policy_std": self.mean_std(flat, state.normalizer),
+            "distance": jnp.mean(self.fixed_scale_distance(trajectory)),
+            **self.demo_start_measure(flat, state.normalizer),
             "nonfinite_grads": jnp.sum(~jnp.isfinite(losses)),
             **self.demo_metrics(),
         }
-        return BCState(flat, opt_state, state.normalizer, key), metrics
+        return state.replace(params=flat, opt_state=opt_state, key=key), metrics
 
 
 # --- ILD --------------------------------------------------------------------------------------------------
@@ -270,7 +378,17 @@ class ILDState:
     opt_state: Any
     normalizer: NormalizerState  # observations (the policy's input): the demos' statistics, fixed
     statistics: NormalizerState  # physics states (the distance's normalisation)
+    start_keys: jax.Array  # [N, 2]: the rollouts' start states, drawn once
     key: jax.Array
+
+
+def squash(distances: jax.Array, how: str) -> jax.Array:
+    """The loss from the rollouts' distances [N]."""
+    if how == "tanh_of_mean":
+        return jnp.tanh(jnp.mean(distances))
+    if how == "mean_of_tanh":
+        return jnp.mean(jnp.tanh(distances))
+    return jnp.mean(distances)
 
 
 class ILD(Imitation):
@@ -281,50 +399,62 @@ class ILD(Imitation):
         return self.config.num_envs * self.config.episode_length
 
     def init(self, key: jax.Array) -> ILDState:
-        key, init_key = jax.random.split(key)
+        key, init_key, start_key = jax.random.split(key, 3)
         flat = self.core.flat_init(init_key)
         return ILDState(
-            flat, self.optimizer.init(flat), self.initial_normalizer(), state_normalizer(self.demos.state), key
+            flat,
+            self.optimizer.init(flat),
+            self.initial_normalizer(),
+            state_normalizer(self.demos.state),
+            self.start_keys(start_key),
+            key,
         )
 
     def warmup(self, state: ILDState) -> tuple[ILDState, dict[str, jax.Array]]:
         """Behaviour cloning for ``bc_steps`` Adam steps on the demos (the runner calls it once, before the first
-        iteration); the main optimiser's state is untouched."""
+        iteration; a resumed run has had it); the main optimiser's state is untouched."""
         c = self.config
         optimizer = self.core.optimizer(c.bc_learning_rate)
+        key, bc_key = jax.random.split(state.key)
+        std_before = self.mean_std(state.params, state.normalizer)
         flat, _, losses = self.bc_steps(
-            state.params, optimizer.init(state.params), state.normalizer, c.bc_steps, optimizer
+            state.params, optimizer.init(state.params), state.normalizer, bc_key, c.bc_steps, optimizer
         )
         metrics = {
-            "bc_action_error_initial": losses[0],
-            "bc_action_error_final": losses[-1],
+            "bc_loss_initial": losses[0],
+            "bc_loss_final": losses[-1],
+            "bc_action_error_final": action_error(self.policy, self.core.unravel(flat), state.normalizer, self.demos),
+            "bc_policy_std_initial": std_before,
+            "bc_policy_std_final": self.mean_std(flat, state.normalizer),
             "bc_steps": jnp.asarray(c.bc_steps),
         }
-        return state.replace(params=flat), metrics
+        return state.replace(params=flat, key=key), metrics
 
     def train_step(self, state: ILDState) -> tuple[ILDState, dict[str, jax.Array]]:
         c = self.config
         key, rollout_key = jax.random.split(state.key)
-        keys = jax.random.split(rollout_key, c.num_envs)
 
         def loss(flat):
-            trajectory = jax.vmap(lambda k: self.rollout(flat, state.normalizer, k, deterministic=False))(keys)
-            states = trajectory.pipeline_state  # [num_envs, T, F]: state_features
-            # The statistics include this batch (as constants): the agent's states set the scale.
-            statistics = fold_states(state.statistics, jax.lax.stop_gradient(states))
-            distances = self.distances(states, statistics)
-            aux = (statistics, trajectory.reward, distances)
-            return jnp.mean(jnp.tanh(distances)), aux
+            trajectory = self.rollouts(flat, state.normalizer, state.start_keys, rollout_key)
+            states, valid = trajectory.pipeline_state, valid_states(trajectory)  # [N, T, F], [N, T]
+            # The statistics include this batch's valid states (as constants): the agent's states set the scale.
+            statistics = fold_valid_states(state.statistics, jax.lax.stop_gradient(states), valid)
+            distances = self.distances(states, valid, statistics, c.loss)
+            return squash(distances, c.squash), (statistics, trajectory, distances)
 
         flat, opt_state, value, aux, stats = guarded_update(
             loss, state.params, state.opt_state, self.optimizer, self.core.clip
         )
-        statistics, rewards, distances = jax.lax.stop_gradient(aux)
-        new_state = ILDState(flat, opt_state, state.normalizer, statistics, key)
+        statistics, trajectory, distances = jax.lax.stop_gradient(aux)
+        new_state = state.replace(params=flat, opt_state=opt_state, statistics=statistics, key=key)
         metrics = {
-            "return": jnp.mean(jnp.sum(rewards, axis=-1)),
+            "return": jnp.mean(jnp.sum(trajectory.reward, axis=-1)),
             "loss": value,
-            "distance": jnp.mean(distances),
+            "loss_distance": jnp.mean(distances),  # on the running statistics the loss used
+            "distance": jnp.mean(self.fixed_scale_distance(trajectory)),  # the demos' fixed scale
+            "valid_fraction": jnp.mean(valid_states(trajectory)),
+            "policy_std": self.mean_std(state.params, state.normalizer),
+            **self.demo_start_measure(flat, state.normalizer),
             **update_metrics(stats),
             # The runner stops a run whose updates have all been skipped this many times in a row.
             "nonfinite_stalled": (nonfinite_streak(opt_state) >= c.grad.max_consecutive_nonfinite).astype(jnp.int32),

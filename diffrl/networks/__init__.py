@@ -1,4 +1,4 @@
-"""Policies (``policy=gru|mlp|gaussian_mlp``) behind one interface, and the value network for critics.
+"""Policies (``policy=gru|mlp|gaussian_mlp|state_std_mlp``) behind one interface, and the value network for critics.
 
 ``make_policy(options, observation_size, action_size)`` builds a policy from its config group
 (``conf/policy/<name>.yaml``); an unknown name lists the valid choices.
@@ -16,11 +16,17 @@ from diffrl.networks.mlp import (
     ValueNetwork,
     make_gaussian_mlp_policy,
     make_mlp_policy,
+    make_state_std_mlp_policy,
     make_value_network,
 )
 
-POLICIES = {"gru": make_gru_policy, "mlp": make_mlp_policy, "gaussian_mlp": make_gaussian_mlp_policy}
-STOCHASTIC_POLICIES = ("gaussian_mlp",)
+POLICIES = {
+    "gru": make_gru_policy,
+    "mlp": make_mlp_policy,
+    "gaussian_mlp": make_gaussian_mlp_policy,
+    "state_std_mlp": make_state_std_mlp_policy,
+}
+STOCHASTIC_POLICIES = ("gaussian_mlp", "state_std_mlp")
 
 
 def make_policy(options: dict[str, Any], observation_size: int, action_size: int) -> Policy:
@@ -48,6 +54,7 @@ __all__ = [
     "make_gru_policy",
     "make_mlp_policy",
     "make_policy",
+    "make_state_std_mlp_policy",
     "make_value_network",
     "paper_hidden_size",
 ]

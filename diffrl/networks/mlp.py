@@ -1,5 +1,9 @@
-"""Feed-forward networks: the deterministic MLP policy, the tanh-Normal MLP policy (SHAC, ILD) and the
-value network (critics). Widths, activation and LayerNorm are configurable (SHAC uses ELU + LayerNorm)."""
+"""Feed-forward networks: the deterministic MLP policy, the tanh-Normal MLP policies and the value network
+(critics). Widths, activation and LayerNorm are configurable (SHAC uses ELU + LayerNorm).
+
+Two tanh-Normal policies: ``gaussian_mlp`` (SHAC's actor: a free, state-independent log-std parameter) and
+``state_std_mlp`` (Brax's ``NormalTanhDistribution`` as ILD's authors used it: one network outputs the mean
+and a pre-std, std = softplus(pre-std) + ``min_std``, so the std depends on the state)."""
 
 from __future__ import annotations
 
@@ -68,6 +72,23 @@ class GaussianMLP(nn.Module):
         return carry, (mean, jnp.broadcast_to(log_std, mean.shape))
 
 
+class StateStdMLP(nn.Module):
+    """obs -> MLP -> (mean, pre-std); std = softplus(pre-std) + min_std (Brax 0.0.x's NormalTanhDistribution,
+    ILD's policy). Outputs ``(mean, log std)``, the interface every tanh-Normal policy shares."""
+
+    action_size: int
+    hidden_sizes: Sequence[int]
+    activation: str = "swish"
+    layer_norm: bool = False
+    min_std: float = 0.001
+
+    @nn.compact
+    def __call__(self, carry: jax.Array, obs: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+        out = MLP(self.hidden_sizes, 2 * self.action_size, self.activation, self.layer_norm)(obs)
+        mean, pre_std = jnp.split(out, 2, axis=-1)
+        return carry, (mean, jnp.log(nn.softplus(pre_std) + self.min_std))
+
+
 def make_mlp_policy(
     observation_size: int,
     action_size: int,
@@ -89,6 +110,21 @@ def make_gaussian_mlp_policy(
 ) -> Policy:
     module = GaussianMLP(action_size, tuple(hidden_sizes), activation, layer_norm, init_log_std)
     return Policy("gaussian_mlp", module, observation_size, action_size, stochastic=True)
+
+
+def make_state_std_mlp_policy(
+    observation_size: int,
+    action_size: int,
+    hidden_sizes: Sequence[int] = (512, 256),
+    activation: str = "swish",
+    layer_norm: bool = False,
+    min_std: float = 0.001,
+) -> Policy:
+    activation_fn(activation)
+    if min_std <= 0:
+        raise ValueError(f"policy.min_std must be positive, got {min_std}")
+    module = StateStdMLP(action_size, tuple(hidden_sizes), activation, layer_norm, min_std)
+    return Policy("state_std_mlp", module, observation_size, action_size, stochastic=True)
 
 
 class ValueNetwork(nn.Module):

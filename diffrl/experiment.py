@@ -249,8 +249,9 @@ def build_env(cfg: DictConfig):
 def build_policy(cfg: DictConfig, env) -> Policy:
     """The policy of ``cfg.policy``, normalising its inputs as the algorithm says (``algo.normalizer``)."""
     options = OmegaConf.to_container(cfg.policy, resolve=True)
-    if cfg.algo.get("normalizer") is not None:
-        options["normalizer"] = OmegaConf.to_container(cfg.algo.normalizer, resolve=True)
+    algo = cfg.get("algo")  # `diffrl gradients` composes no algorithm: the policy keeps its default options
+    if algo is not None and algo.get("normalizer") is not None:
+        options["normalizer"] = OmegaConf.to_container(algo.normalizer, resolve=True)
     return make_policy(options, env.observation_size, env.action_size)
 
 

@@ -34,7 +34,7 @@ def test_every_shac_task_is_registered_with_its_config_and_observation_size(task
     env = make_env(task, cfg.env.backend)
     traced = jax.eval_shape(env.reset, jax.random.PRNGKey(0))  # traces the real reset, compiles nothing
     assert traced.obs.shape == (env.observation_size,)
-    expected = {"shac_cartpole": 5, "shac_ant": 37, "shac_hopper": 11, "shac_cheetah": 17, "shac_humanoid": 64}
+    expected = {"shac_cartpole": 5, "shac_ant": 37, "shac_hopper": 11, "shac_cheetah": 17, "shac_humanoid": 76}
     assert env.observation_size == expected[task]
     assert env.dt == pytest.approx(1 / 60)
     assert cfg.env.episode_length == (240 if task == "shac_cartpole" else 1000)
@@ -85,14 +85,14 @@ def test_the_cheetah_pays_forward_speed_minus_effort_and_never_ends():
     assert not env.terminated(obs.at[0].set(-5.0))
 
 
-def test_the_humanoid_reward_reads_up_and_heading_after_its_17_joints():
-    env = make_env("shac_humanoid", "generalized")  # builds the system (17 joints), compiles nothing
-    assert isinstance(env, ShacHumanoid) and env.action_size == 17
-    obs = jnp.zeros(64).at[0].set(1.0).at[5].set(1.0).at[45].set(1.0).at[46].set(0.5)
+def test_the_humanoid_reward_reads_up_and_heading_after_its_21_joints():
+    env = make_env("shac_humanoid", "mjx")  # builds the system (the authors' 21 joints), compiles nothing
+    assert isinstance(env, ShacHumanoid) and env.action_size == 21
+    obs = jnp.zeros(76).at[0].set(1.0).at[5].set(1.0).at[53].set(1.0).at[54].set(0.5)
     # height 1.0: d = clip(0.16, max 0.1) = 0.1, paid 10 d = 1
-    np.testing.assert_allclose(env.reward(obs, jnp.zeros(17)), 1.0 + 0.1 + 0.5 + 1.0, rtol=1e-6)
+    np.testing.assert_allclose(env.reward(obs, jnp.zeros(21)), 1.0 + 0.1 + 0.5 + 1.0, rtol=1e-6)
     low = obs.at[0].set(0.8)  # d = -0.04: -200 d^2 = -0.32
-    np.testing.assert_allclose(env.reward(low, jnp.ones(17)), 1.0 + 0.1 + 0.5 - 0.32 - 0.034, rtol=1e-5)
+    np.testing.assert_allclose(env.reward(low, jnp.ones(21)), 1.0 + 0.1 + 0.5 - 0.32 - 0.042, rtol=1e-5)
     assert not env.terminated(low) and env.terminated(low.at[0].set(0.7))
 
 
@@ -174,8 +174,8 @@ def test_checkpoints_keep_the_zero_size_arrays_of_mjx_states(tmp_path):
 
 
 # --- the rebuilt bodies (shared/SHAC_BODIES.md: dflex's masses at density 1000, every geom on the ground) ---
-DFLEX_TOTAL_MASS = {"shac_ant": 182.176}  # kg, the authors' model.py at density 1000 (SHAC_BODIES.md §5)
-DFLEX_CONTACT = {"shac_ant": (4e4, 4)}  # dflex's contact ke and the stance contacts K0 = ke / (M / n) assumes
+DFLEX_TOTAL_MASS = {"shac_ant": 182.176, "shac_humanoid": 40.844}  # kg, the authors' model.py at density 1000
+DFLEX_CONTACT = {"shac_ant": (4e4, 4), "shac_humanoid": (2e4, 8)}  # dflex's ke; the stance contacts K0 assumes
 
 
 def rebuilt_model(task):
@@ -248,6 +248,14 @@ def test_the_soft_limit_torque_is_dflex_s_spring_outside_the_range_only():
     np.testing.assert_allclose(soft_limit_torque(qpos, 8, limits)[6:], [-100.0, -100.0], atol=1e-4)
 
 
+def test_the_rebuilt_humanoid_has_the_authors_21_joints_and_torques():
+    model = rebuilt_model("shac_humanoid")
+    assert model.nu == 21 and not np.any(model.jnt_limited)
+    strength = [200, 200, 200] + [200, 200, 600, 400, 100, 100] * 2 + [100, 100, 200] * 2  # humanoid.py
+    np.testing.assert_allclose(model.actuator_gear[:, 0], 0.35 * np.array(strength))
+    assert list(model.jnt_dofadr[model.actuator_trnid[:, 0]]) == list(range(6, 27))  # dflex's DOF order
+
+
 def test_the_rebuilt_ant_is_the_authors_and_refuses_a_pipeline_without_soft_limits():
     model = rebuilt_model("shac_ant")
     assert model.nu == 8 and np.all(model.actuator_gear[:, 0] == 200) and not np.any(model.jnt_limited)
@@ -256,3 +264,91 @@ def test_the_rebuilt_ant_is_the_authors_and_refuses_a_pipeline_without_soft_limi
     np.testing.assert_allclose(np.degrees(model.jnt_range[1:3]), [[-40, 40], [30, 100]], atol=1e-4)
     with pytest.raises(ValueError, match="mjx"):
         make_env("shac_ant", "generalized")
+
+
+# --- SHAC as its authors had it (NVlabs/DiffRL models/, utils/running_mean_std.py, algorithms/shac.py) ---
+def test_the_mlp_normalises_after_the_activation():
+    """The authors' hidden layer: Linear -> ELU -> LayerNorm (a LayerNorm before the ELU would differ)."""
+    from diffrl.networks.mlp import MLP
+
+    net = MLP((5,), 2, "elu", layer_norm=True)
+    x = jax.random.normal(jax.random.PRNGKey(0), (3, 4))
+    params = net.init(jax.random.PRNGKey(1), x)["params"]
+    hidden = jax.nn.elu(x @ params["Dense_0"]["kernel"] + params["Dense_0"]["bias"])
+    normed = (hidden - hidden.mean(-1, keepdims=True)) / jnp.sqrt(hidden.var(-1, keepdims=True) + 1e-6)
+    expected = normed @ params["Dense_1"]["kernel"] + params["Dense_1"]["bias"]
+    np.testing.assert_allclose(net.apply({"params": params}, x), expected, atol=1e-5)
+
+
+def test_shacs_actor_starts_as_pytorch_linear_layers_and_its_critic_orthogonal():
+    cfg = compose_train("env=shac_ant", "algo=shac")
+    options, iterations = algorithm_options(cfg)
+    from diffrl.algos import make_algorithm
+    from diffrl.experiment import build_policy
+
+    env = types.SimpleNamespace(observation_size=37, action_size=8)
+    algo = make_algorithm("shac", env, build_policy(cfg, env), {**options, "num_envs": 4}, iterations)
+    actor = algo.policy.init(jax.random.PRNGKey(0))["params"]["MLP_0"]
+    dense_layers = lambda mlp: [layer for name, layer in mlp.items() if name.startswith("Dense")]  # noqa: E731
+    for layer in dense_layers(actor):  # U(+-1/sqrt(fan_in)) for weights and biases alike
+        bound = 1 / math.sqrt(layer["kernel"].shape[0])
+        for values in (layer["kernel"], layer["bias"]):
+            assert np.abs(values).max() <= bound and np.abs(values).max() > 0.7 * bound
+    critic = algo.critic_net.init(jax.random.PRNGKey(0), jnp.zeros(37))["params"]["MLP_0"]
+    for layer in dense_layers(critic):  # orthogonal columns of norm sqrt(2), zero biases
+        w = np.asarray(layer["kernel"])
+        gram = w.T @ w if w.shape[0] >= w.shape[1] else w @ w.T
+        np.testing.assert_allclose(gram, 2 * np.eye(len(gram)), atol=1e-4)
+        np.testing.assert_array_equal(layer["bias"], 0.0)
+
+
+def test_the_critic_minibatches_are_contiguous_slices_of_the_window():
+    from diffrl.algos.shac import contiguous_or_shuffled
+
+    key = jax.random.PRNGKey(0)
+    np.testing.assert_array_equal(contiguous_or_shuffled(key, 8, 2, shuffle=False), [[0, 1, 2, 3], [4, 5, 6, 7]])
+    shuffled = np.asarray(contiguous_or_shuffled(key, 8, 2, shuffle=True))
+    assert sorted(shuffled.ravel()) == list(range(8)) and shuffled.tolist() != [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert compose_train("env=shac_ant", "algo=shac").algo.critic_shuffle is False
+
+
+def test_a_quick_run_follows_the_paper_runs_learning_rate_schedule():
+    from diffrl.algos.shac import linear_decay
+
+    for budget, iterations in (("quick", 100), ("paper", 2000)):
+        options, run = algorithm_options(compose_train("env=shac_ant", "algo=shac", f"budget={budget}"))
+        assert run == iterations and options["schedule_iterations"] == 2000
+    # at the end of the quick run the rate is the paper run's at iteration 100, not the floor
+    np.testing.assert_allclose(linear_decay(100, 2000, 2e-3, 1e-5), 2e-3 - 100 / 2000 * (2e-3 - 1e-5), rtol=1e-6)
+    options, _ = algorithm_options(compose_train("env=shac_cartpole", "algo=bptt", "budget=quick"))
+    assert options["schedule_iterations"] == 67
+
+
+def test_shacs_normaliser_is_the_authors_running_mean_std():
+    """mean 0, var 1 at count 1e-4, then the parallel update; std = sqrt(var + 1e-5). (Brax's mean has no
+    prior: the authors' adds 1e-4 mu^2 / n to the variance, below the 1e-5 epsilon from the first window on.)"""
+    from diffrl.experiment import build_policy
+
+    cfg = compose_train("env=shac_ant", "algo=shac")
+    policy = build_policy(cfg, types.SimpleNamespace(observation_size=3, action_size=1))
+    batch = np.random.default_rng(0).normal([1.0, 0.0, 5.0], [1.0, 1e-3, 0.1], (2048, 3))  # one window: 64 envs x 32
+    state = policy.update_normalizer(policy.init_normalizer(), jnp.asarray(batch))
+    count, mean, var = 1e-4, np.zeros(3), np.ones(3)  # the authors' RunningMeanStd.update
+    delta, n = batch.mean(0) - mean, len(batch)
+    var = (var * count + batch.var(0) * n + delta**2 * count * n / (count + n)) / (count + n)
+    np.testing.assert_allclose(state.std, np.sqrt(var + 1e-5), rtol=1e-3)
+
+
+def test_a_non_finite_state_ends_the_episode():
+    env = ShacAnt.__new__(ShacAnt)
+    obs = jnp.zeros(37).at[0].set(0.5)
+    assert not env.episode_ends(obs) and env.episode_ends(obs.at[0].set(jnp.nan))
+    assert env.episode_ends(obs.at[12].set(jnp.inf))  # anywhere in the observation, not only the height
+
+
+def test_shac_refuses_grad_clip_norm_in_one_line():
+    from diffrl.algos.apg import GradientConfig
+    from diffrl.algos.shac import SHACConfig
+
+    with pytest.raises(ValueError, match="grad_clip"):
+        SHACConfig(grad=GradientConfig(clip_norm=1.0))

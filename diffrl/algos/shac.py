@@ -10,12 +10,19 @@ Per iteration, on ``num_envs`` continuing envs (the batch persists across iterat
    (betas 0.7, 0.95; gradient-norm clip; learning rate decaying linearly to ``min_learning_rate``) on
    its negative. The gradient stops at the window's start: the carry is the previous window's end;
 3. critic: TD(lambda) targets of the window, ``critic_iterations`` passes over ``critic_minibatches``
-   shuffled minibatches of mean-squared error; then the target critic moves by Polyak averaging
-   (target = alpha * target + (1 - alpha) * critic);
-4. the normaliser folds in the window's observations.
+   contiguous minibatches (the authors' order; ``critic_shuffle`` shuffles) of mean-squared error; then the
+   target critic moves by Polyak averaging (target = alpha * target + (1 - alpha) * critic);
+4. the normaliser folds in the window's (finite) observations.
 
-BPTT is the same machinery with one window over the whole episode and no critic (``critic: false``).
-A non-finite actor or critic update is skipped (``optax.apply_if_finite``), counted and reported.
+The learning rates decay over ``schedule_iterations`` (the paper's iteration count), not over the run, so a
+shorter run is the beginning of the paper's run. BPTT is the same machinery with one window over the whole
+episode and no critic (``critic: false``). A non-finite actor or critic update is skipped
+(``optax.apply_if_finite``), counted and reported; an env whose state turns non-finite ends its episode
+there (the SHAC tasks end it: ``diffrl/envs/shac_locomotion.py``), is restarted, and is counted.
+
+``algo.grad``: ``truncation``, ``step_clip``, ``checkpoint`` shape the window's rollout; ``clip_value``
+clips each gradient entry before the norm clip ``grad_clip``; ``max_consecutive_nonfinite`` stops the run;
+``clip_norm`` is refused (``grad_clip`` is SHAC's norm clip).
 """
 
 from __future__ import annotations
@@ -46,7 +53,8 @@ class SHACConfig:
     lam: float = 0.95  # TD(lambda)
     actor_learning_rate: float = 2e-3
     critic_learning_rate: float = 2e-3
-    min_learning_rate: float = 1e-5  # both decay linearly to this over the run
+    min_learning_rate: float = 1e-5  # both decay linearly to this over schedule_iterations
+    schedule_iterations: int | None = None  # the schedule's length (None: the run's iterations)
     betas: tuple[float, float] = (0.7, 0.95)
     grad_clip: float = 1.0  # global norm, actor and critic
     critic: bool = True  # false: BPTT (no critic, no bootstrap)
@@ -56,11 +64,15 @@ class SHACConfig:
     critic_hidden_sizes: tuple[int, ...] = (64, 64)
     critic_activation: str = "elu"
     critic_layer_norm: bool = True
+    critic_initializer: str = "orthogonal"  # the authors' critic: orthogonal, gain sqrt(2), zero bias
+    critic_shuffle: bool = False  # the authors' minibatches are contiguous slices of the window
     episode_length: int = 1000  # the time limit of the envs' episodes
-    iterations: int = 500  # length of the learning-rate schedule (set by the runner)
+    iterations: int = 500  # the run's length (set by the runner)
     grad: GradientConfig = GradientConfig()
 
     def __post_init__(self):
+        if self.grad.clip_norm is not None:
+            raise ValueError("SHAC clips the gradient norm with algo.grad_clip; algo.grad.clip_norm must be null")
         if self.horizon > self.episode_length:
             raise ValueError(f"horizon {self.horizon} exceeds the episode length {self.episode_length}")
         if (self.num_envs * self.horizon) % self.critic_minibatches:
@@ -91,6 +103,13 @@ def linear_decay(iteration: jax.Array, iterations: int, start: float, end: float
     return start + (end - start) * jnp.minimum(iteration / max(iterations, 1), 1.0)
 
 
+def contiguous_or_shuffled(key: jax.Array, size: int, minibatches: int, shuffle: bool) -> jax.Array:
+    """Row indices of each minibatch [minibatches, size / minibatches]: consecutive slices (the authors'
+    ``CriticDataset``), or a random permutation."""
+    order = jax.random.permutation(key, size) if shuffle else jnp.arange(size)
+    return order.reshape(minibatches, size // minibatches)
+
+
 def finished_episodes(running, rewards: jax.Array, done: jax.Array):
     """Carries each env's running (return, length) through a window's rewards and ends ([T, num_envs]);
     returns the running values after it and the sum / count / length sum of the episodes that ended."""
@@ -106,6 +125,11 @@ def finished_episodes(running, rewards: jax.Array, done: jax.Array):
     return running, {"sum": jnp.sum(sums), "length_sum": jnp.sum(lengths), "count": jnp.sum(counts)}
 
 
+def nonfinite_streak(opt_state) -> jax.Array:
+    """Actor updates skipped in a row (``optax.apply_if_finite``'s counter; 0 for an optimiser without one)."""
+    return getattr(opt_state, "notfinite_count", jnp.zeros((), jnp.int32))
+
+
 def polyak(target: Params, online: Params, alpha: float) -> Params:
     return jax.tree.map(lambda t, o: alpha * t + (1.0 - alpha) * o, target, online)
 
@@ -116,11 +140,12 @@ class SHAC:
     def __init__(self, env: Env, policy: Policy, config: SHACConfig):
         self.env, self.policy, self.config = env, policy, config
         self.critic_net = make_value_network(
-            config.critic_hidden_sizes, config.critic_activation, config.critic_layer_norm
+            config.critic_hidden_sizes, config.critic_activation, config.critic_layer_norm, config.critic_initializer
         )
         b1, b2 = config.betas
+        value_clip = [optax.clip(config.grad.clip_value)] if config.grad.clip_value is not None else []
         guarded = lambda: optax.apply_if_finite(
-            optax.chain(optax.clip_by_global_norm(config.grad_clip), optax.scale_by_adam(b1=b1, b2=b2)),
+            optax.chain(*value_clip, optax.clip_by_global_norm(config.grad_clip), optax.scale_by_adam(b1=b1, b2=b2)),
             max_consecutive_errors=_NEVER_APPLY_NONFINITE,
         )
         self.actor_optimizer, self.critic_optimizer = guarded(), guarded()
@@ -180,7 +205,7 @@ class SHAC:
         the critic's value of the pre-reset observation after a time-out, and of the next one otherwise."""
         if not self.config.critic:
             return jnp.zeros_like(trajectory.reward)
-        observed = self.policy.normalize(trajectory.next_observation, normalizer)
+        observed = self.policy.normalize(jnp.concatenate([trajectory.observation[1:], trajectory.next_observation[-1:]]), normalizer)  # BUG
         values = self.critic_net.apply(target_critic, observed)
         terminated = (trajectory.done > 0) & (trajectory.truncation == 0)
         broken = ~jnp.all(jnp.isfinite(trajectory.next_observation), axis=-1)
@@ -188,14 +213,17 @@ class SHAC:
 
     # --- the critic -----------------------------------------------------------------------------
     def fit_critic(self, critic: Params, opt_state, observations: jax.Array, targets: jax.Array, lr, key):
-        """``critic_iterations`` passes over shuffled minibatches; returns (critic, optimizer, mean loss
+        """``critic_iterations`` passes over the minibatches (time-major rows); returns (critic, optimizer, mean loss
         of the last pass, non-finite updates skipped)."""
         c = self.config
         size = observations.shape[0]
-        batch = size // c.critic_minibatches
 
         def loss_fn(params, obs, target):
-            return jnp.mean((self.critic_net.apply(params, obs) - target) ** 2)
+            # rows of an env that broke (non-finite target or observation) are left out, as the authors
+            # zero a NaN's gradient; the rest of the minibatch still trains
+            finite = jnp.isfinite(target) & jnp.all(jnp.isfinite(obs), axis=-1)
+            error = self.critic_net.apply(params, jnp.where(finite[:, None], obs, 0.0)) - jnp.where(finite, target, 0.0)
+            return jnp.sum(jnp.where(finite, error**2, 0.0)) / jnp.maximum(jnp.sum(finite), 1)
 
         def minibatch(carry, index):
             params, opt = carry
@@ -206,7 +234,7 @@ class SHAC:
             return (params, opt), (loss, skipped)
 
         def one_pass(carry, pass_key):
-            order = jax.random.permutation(pass_key, size).reshape(c.critic_minibatches, batch)
+            order = contiguous_or_shuffled(pass_key, size, c.critic_minibatches, c.critic_shuffle)
             return jax.lax.scan(minibatch, carry, order)
 
         (critic, opt_state), (losses, skipped) = jax.lax.scan(
@@ -219,8 +247,9 @@ class SHAC:
         c = self.config
         key, critic_key = jax.random.split(state.key)
         normalizer = state.normalizer  # frozen for the window
-        actor_lr = linear_decay(state.iteration, c.iterations, c.actor_learning_rate, c.min_learning_rate)
-        critic_lr = linear_decay(state.iteration, c.iterations, c.critic_learning_rate, c.min_learning_rate)
+        schedule = c.schedule_iterations or c.iterations
+        actor_lr = linear_decay(state.iteration, schedule, c.actor_learning_rate, c.min_learning_rate)
+        critic_lr = linear_decay(state.iteration, schedule, c.critic_learning_rate, c.min_learning_rate)
 
         objective_and_aux = lambda actor: self.window(actor, state.target_critic, normalizer, state.envs)
         (objective, (envs, trajectory, next_values)), grads = jax.value_and_grad(objective_and_aux, has_aux=True)(
@@ -276,6 +305,8 @@ class SHAC:
             "actor_learning_rate": actor_lr,
             "nonfinite_grads": actor_skipped,
             "nonfinite_critic_updates": critic_skipped,
+            "nonfinite_envs": jnp.sum(~jnp.all(jnp.isfinite(trajectory.next_observation), axis=-1)),
+            "nonfinite_stalled": (nonfinite_streak(actor_opt) >= c.grad.max_consecutive_nonfinite).astype(jnp.int32),
             "train_episode_return_sum": finished["sum"],
             "train_episode_return_count": finished["count"],
             "train_episode_length_sum": finished["length_sum"],

@@ -16,6 +16,24 @@ import jax.numpy as jnp
 from diffrl.networks.base import Policy
 
 ACTIVATIONS = {"relu": nn.relu, "elu": nn.elu, "tanh": jnp.tanh, "swish": nn.swish, "silu": nn.silu}
+# How the Dense layers start: flax's defaults (LeCun normal, zero bias); PyTorch's nn.Linear (weights and
+# biases U(+-1/sqrt(fan_in)): SHAC's actor); orthogonal with gain sqrt(2) and zero bias (SHAC's critic).
+INITS = ("flax", "pytorch", "orthogonal")
+
+
+def symmetric_uniform(bound: float):
+    return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+def dense(width: int, fan_in: int, initializer: str) -> nn.Dense:
+    if initializer == "pytorch":
+        bound = 1.0 / fan_in**0.5
+        return nn.Dense(width, kernel_init=symmetric_uniform(bound), bias_init=symmetric_uniform(bound))
+    if initializer == "orthogonal":
+        return nn.Dense(width, kernel_init=nn.initializers.orthogonal(2**0.5), bias_init=nn.initializers.zeros)
+    if initializer != "flax":
+        raise ValueError(f"unknown initializer {initializer!r}; valid choices: {', '.join(INITS)}")
+    return nn.Dense(width)
 
 
 def activation_fn(name: str):
@@ -25,22 +43,23 @@ def activation_fn(name: str):
 
 
 class MLP(nn.Module):
-    """Dense layers with an activation (and LayerNorm after each, if asked), then a linear output."""
+    """Dense layers each followed by the activation (and then LayerNorm, if asked: SHAC's authors' order),
+    then a linear output."""
 
     hidden_sizes: Sequence[int]
     output_size: int
     activation: str = "elu"
     layer_norm: bool = False
+    initializer: str = "flax"  # one of INITS
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         act = activation_fn(self.activation)
         for width in self.hidden_sizes:
-            x = nn.Dense(width)(x)
+            x = act(dense(width, x.shape[-1], self.initializer)(x))
             if self.layer_norm:
                 x = nn.LayerNorm()(x)
-            x = act(x)
-        return nn.Dense(self.output_size)(x)
+        return dense(self.output_size, x.shape[-1], self.initializer)(x)
 
 
 class DeterministicMLP(nn.Module):
@@ -64,10 +83,11 @@ class GaussianMLP(nn.Module):
     activation: str = "elu"
     layer_norm: bool = True
     init_log_std: float = -1.0
+    initializer: str = "pytorch"  # SHAC's actor: PyTorch's nn.Linear init
 
     @nn.compact
     def __call__(self, carry: jax.Array, obs: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-        mean = MLP(self.hidden_sizes, self.action_size, self.activation, self.layer_norm)(obs)
+        mean = MLP(self.hidden_sizes, self.action_size, self.activation, self.layer_norm, self.initializer)(obs)
         log_std = self.param("log_std", nn.initializers.constant(self.init_log_std), (self.action_size,))
         return carry, (mean, jnp.broadcast_to(log_std, mean.shape))
 
@@ -107,8 +127,10 @@ def make_gaussian_mlp_policy(
     activation: str = "elu",
     layer_norm: bool = True,
     init_log_std: float = -1.0,
+    initializer: str = "pytorch",
 ) -> Policy:
-    module = GaussianMLP(action_size, tuple(hidden_sizes), activation, layer_norm, init_log_std)
+    dense(1, 1, initializer)  # fail on a bad name now, not at the first trace
+    module = GaussianMLP(action_size, tuple(hidden_sizes), activation, layer_norm, init_log_std, initializer)
     return Policy("gaussian_mlp", module, observation_size, action_size, stochastic=True)
 
 
@@ -133,14 +155,19 @@ class ValueNetwork(nn.Module):
     hidden_sizes: Sequence[int] = (64, 64)
     activation: str = "elu"
     layer_norm: bool = True
+    initializer: str = "orthogonal"  # SHAC's critic: orthogonal, gain sqrt(2), zero bias
 
     @nn.compact
     def __call__(self, obs: jax.Array) -> jax.Array:
-        return MLP(self.hidden_sizes, 1, self.activation, self.layer_norm)(obs)[..., 0]
+        return MLP(self.hidden_sizes, 1, self.activation, self.layer_norm, self.initializer)(obs)[..., 0]
 
 
 def make_value_network(
-    hidden_sizes: Sequence[int] = (64, 64), activation: str = "elu", layer_norm: bool = True
+    hidden_sizes: Sequence[int] = (64, 64),
+    activation: str = "elu",
+    layer_norm: bool = True,
+    initializer: str = "orthogonal",
 ) -> ValueNetwork:
     activation_fn(activation)  # fail on a bad name now, not at the first trace
-    return ValueNetwork(tuple(hidden_sizes), activation, layer_norm)
+    dense(1, 1, initializer)
+    return ValueNetwork(tuple(hidden_sizes), activation, layer_norm, initializer)

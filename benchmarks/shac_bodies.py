@@ -1,0 +1,212 @@
+"""The rebuilt SHAC bodies against what dflex simulated (shared/SHAC_BODIES.md): total mass, the torque each
+joint needs to stand in the start pose, the contact mapping (penetration at rest and a drop's rebound,
+MuJoCo's direct solref against dflex's penalty law), and substeps (deviation from 16 substeps over 1 s of
+random actions on MJX, with the speed of each).
+
+    python -m benchmarks.shac_bodies [--tasks shac_ant] [--substeps 16 8 4] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import pathlib
+import time
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import mujoco  # noqa: E402
+import numpy as np  # noqa: E402
+
+from diffrl.envs import MJX_GRADIENT_SOLVER  # noqa: E402
+from diffrl.envs.shac_locomotion import SHAC_LOCOMOTION, diffrl_asset  # noqa: E402
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+DEFAULT_OUT = ROOT / "docs" / "results" / "shac_bodies.json"
+# dflex's contact law per task (ke, kd) and the stance contacts the mapping assumes (SHAC_BODIES.md §5, §6)
+DFLEX = {"shac_ant": {"mass": 182.176, "ke": 4e4, "kd": 1e4, "stance": 4}}
+G = 9.81
+
+
+def model_of(task: str) -> mujoco.MjModel:
+    return mujoco.MjModel.from_xml_path(diffrl_asset(SHAC_LOCOMOTION[task].body_xml))
+
+
+def standing_torque(model: mujoco.MjModel, stance_geoms: list[int]) -> np.ndarray:
+    """Joint torques that hold the start pose still with the weight shared equally by the lowest points of
+    ``stance_geoms`` (static equilibrium: tau = gravity bias - sum_i J_i^T f_i over the actuated dofs)."""
+    data = mujoco.MjData(model)
+    data.qpos[:] = model.key_qpos[0] if model.nkey else model.qpos0
+    mujoco.mj_forward(model, data)
+    weight = model.body_mass.sum() * G
+    torque = data.qfrc_bias.copy()
+    for geom in stance_geoms:
+        point = lowest_point(model, data, geom)
+        jacp = np.zeros((3, model.nv))
+        mujoco.mj_jac(model, data, jacp, None, point, model.geom_bodyid[geom])
+        torque -= jacp.T @ np.array([0.0, 0.0, weight / len(stance_geoms)])
+    return torque
+
+
+def lowest_point(model, data, geom) -> np.ndarray:
+    centre, radius = data.geom_xpos[geom], model.geom_size[geom, 0]
+    candidates = [centre]
+    if model.geom_type[geom] == mujoco.mjtGeom.mjGEOM_CAPSULE:
+        half = data.geom_xmat[geom].reshape(3, 3)[:, 2] * model.geom_size[geom, 1]
+        candidates = [centre + half, centre - half]
+    low = min(candidates, key=lambda p: p[2])
+    return low - np.array([0.0, 0.0, radius])
+
+
+def dflex_drop(mass, ke, kd, radius, height, seconds, h=1 / 960):
+    """A sphere of ``mass`` dropped on dflex's penalty ground (F = ke d + kd d max(0, -v)), semi-implicit Euler."""
+    z, v, zs, vs = radius + height, 0.0, [], []
+    for _ in range(int(seconds / h)):
+        depth = radius - z
+        force = ke * depth + kd * depth * max(0.0, -v) if depth > 0 else 0.0
+        v += h * (-G + force / mass)
+        z += h * v
+        zs.append(z)
+        vs.append(v)
+    return np.array(zs), np.array(vs)
+
+
+def mujoco_drop(mass, solref, solimp, radius, height, seconds, h=1 / 960):
+    xml = f"""<mujoco><option gravity="0 0 -{G}" integrator="Euler" timestep="{h}"/><worldbody>
+      <geom type="plane" size="5 5 1" contype="0" conaffinity="1" solref="{solref}" solimp="{solimp}"/>
+      <body pos="0 0 {radius + height}"><freejoint/><geom type="sphere" size="{radius}" mass="{mass}"
+      contype="1" conaffinity="0" condim="3" solref="{solref}" solimp="{solimp}"/></body></worldbody></mujoco>"""
+    model = mujoco.MjModel.from_xml_string(xml)
+    data = mujoco.MjData(model)
+    zs, vs = [], []
+    for _ in range(int(seconds / h)):
+        mujoco.mj_step(model, data)
+        zs.append(data.qpos[2])
+        vs.append(data.qvel[2])
+    return np.array(zs), np.array(vs)
+
+
+def drop_summary(zs, vs, radius, height, h=1 / 960):
+    """Penetration at rest (mean of the last second) and the rebound: the first bounce's apex / drop height."""
+    first = int(np.argmax(zs < radius))
+    rising = first + int(np.argmax(vs[first:] > 0))
+    return {
+        "rest_penetration_mm": 1000 * (radius - zs[-int(1 / h) :].mean()),
+        "rebound": max(0.0, (zs[rising:].max() - radius) / height) if vs[first:].max() > 0 else 0.0,
+    }
+
+
+def contact_mapping(task: str, model: mujoco.MjModel) -> dict:
+    f = DFLEX[task]
+    per_contact = f["mass"] / f["stance"]
+    solref = " ".join(f"{x:g}" for x in model.geom_solref[0])
+    solimp = " ".join(f"{x:g}" for x in model.geom_solimp[0][:3])
+    radius, height, seconds = 0.08, 0.2, 6.0
+    return {
+        "mass_per_contact_kg": per_contact,
+        "solref": solref,
+        "solimp": solimp,
+        "dflex_predicted_penetration_mm": 1000 * per_contact * G / f["ke"],
+        "dflex": drop_summary(*dflex_drop(per_contact, f["ke"], f["kd"], radius, height, seconds), radius, height),
+        "mujoco": drop_summary(*mujoco_drop(per_contact, solref, solimp, radius, height, seconds), radius, height),
+    }
+
+
+def mjx_env(task: str, substeps: int):
+    cls = type(SHAC_LOCOMOTION[task].__name__, (SHAC_LOCOMOTION[task],), {"substeps": substeps})
+    env = cls(backend="mjx")
+    env.sys = env.sys.tree_replace(MJX_GRADIENT_SOLVER)
+    return env
+
+
+def rollout_program(env, steps):
+    def run(key, actions):
+        state = env.reset(key)
+
+        def step(state, action):
+            state = env.step(state, action)
+            return state, (state.pipeline_state.qpos, state.obs[0])
+
+        return jax.lax.scan(step, state, actions)[1]
+
+    return jax.jit(jax.vmap(run))
+
+
+def substep_study(task: str, substeps: list[int], envs: int, seconds: float = 1.0) -> list[dict]:
+    """Every count's trajectory from the same starts under the same random actions (U(-1, 1) per step),
+    against the first count's; and env steps per second of a batch of ``envs``."""
+    steps = int(round(seconds * 60))
+    keys = jax.random.split(jax.random.PRNGKey(0), envs)
+    rows, reference = [], None
+    for n in substeps:
+        env = mjx_env(task, n)
+        actions = jax.random.uniform(jax.random.PRNGKey(1), (envs, steps, env.action_size), minval=-1, maxval=1)
+        program = rollout_program(env, steps)
+        start = time.perf_counter()
+        qpos, height = jax.block_until_ready(program(keys, actions))
+        compile_and_run = time.perf_counter() - start
+        start = time.perf_counter()
+        qpos, height = jax.block_until_ready(program(keys, actions))
+        run_s = time.perf_counter() - start
+        if reference is None:
+            reference = (qpos, height)
+        row = {
+            "substeps": n,
+            "env_steps_per_s": envs * steps / run_s,
+            "compile_s": compile_and_run - run_s,
+            "finite": bool(np.all(np.isfinite(qpos))),
+            "max_torso_position_deviation_m": float(np.max(np.abs(qpos[..., :3] - reference[0][..., :3]))),
+            "mean_final_torso_position_deviation_m": float(
+                np.mean(np.linalg.norm(qpos[:, -1, :3] - reference[0][:, -1, :3], axis=-1))
+            ),
+            "max_joint_deviation_rad": float(np.max(np.abs(qpos[..., 7:] - reference[0][..., 7:]))),
+            "mean_height_m": float(np.mean(height)),
+        }
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def measure(task: str, substeps: list[int], envs: int) -> dict:
+    model = model_of(task)
+    names = [mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_GEOM, g) for g in range(model.ngeom)]
+    stance = [g for g, name in enumerate(names) if name and "ankle" in name]  # the ant's four lower legs
+    torque = standing_torque(model, stance)
+    gear = model.actuator_gear[:, 0]
+    dofs = model.jnt_dofadr[model.actuator_trnid[:, 0]]
+    result = {
+        "task": task,
+        "total_mass_kg": float(model.body_mass.sum()),
+        "dflex_total_mass_kg": DFLEX[task]["mass"],
+        "standing_torque_Nm": {names_of_joint(model, j): float(torque[d]) for j, d in zip(model.actuator_trnid[:, 0], dofs)},
+        "max_torque_Nm": float(gear.max()),
+        "contact": contact_mapping(task, model),
+    }
+    print(json.dumps({k: v for k, v in result.items()}, indent=1), flush=True)
+    result["substeps"] = substep_study(task, substeps, envs)
+    return result
+
+
+def names_of_joint(model, joint) -> str:
+    return mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_JOINT, joint)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", nargs="+", default=sorted(DFLEX))
+    parser.add_argument("--substeps", nargs="+", type=int, default=[16, 8, 4])
+    parser.add_argument("--envs", type=int, default=16)
+    parser.add_argument("--out", type=pathlib.Path, default=DEFAULT_OUT)
+    args = parser.parse_args(argv)
+    results = [measure(task, args.substeps, args.envs) for task in args.tasks]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=1) + "\n")
+    print(f"written: {args.out}")
+
+
+if __name__ == "__main__":
+    main()

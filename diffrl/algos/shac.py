@@ -205,7 +205,7 @@ class SHAC:
         the critic's value of the pre-reset observation after a time-out, and of the next one otherwise."""
         if not self.config.critic:
             return jnp.zeros_like(trajectory.reward)
-        observed = self.policy.normalize(jnp.concatenate([trajectory.observation[1:], trajectory.next_observation[-1:]]), normalizer)  # BUG
+        observed = self.policy.normalize(trajectory.next_observation, normalizer)
         values = self.critic_net.apply(target_critic, observed)
         terminated = (trajectory.done > 0) & (trajectory.truncation == 0)
         broken = ~jnp.all(jnp.isfinite(trajectory.next_observation), axis=-1)

@@ -1,5 +1,6 @@
-"""`diffrl gradients`: the finite-difference check passes in float64 on a smooth task, one program gives
-the exact gradient at every horizon, and the command writes its report with the horizons asked for."""
+"""`diffrl gradients`: the finite-difference check passes in float64 on a smooth task and fails on a gradient
+1 % wrong, one program gives the exact gradient at every horizon, and the command writes its report with the
+horizons asked for."""
 
 import json
 
@@ -63,23 +64,32 @@ def test_finite_differences_pass_in_float64_and_the_curve_is_exact_at_each_horiz
         np.testing.assert_allclose(curve["grads"][1].mean(axis=0), reference, rtol=1e-10, atol=1e-12)
         np.testing.assert_allclose(curve["returns"][1].mean(), value, rtol=1e-12)
 
-        check = finite_difference_check(
+        gradient = curve["grads"][2].mean(axis=0)
+        check = lambda gradient: finite_difference_check(
             env,
             policy,
             flat,
             unravel,
             normalizer,
             starts,
-            curve["grads"][2].mean(axis=0),
+            gradient,
             horizon=8,
             directions=3,
             epsilon=1e-6,
             tolerance=1e-5,
             key=jax.random.PRNGKey(2),
         )
+        right = check(gradient)
+        # A gradient 1 % wrong, in its length or in its direction (1 % of its norm added to one entry), fails.
+        too_long = check(1.01 * gradient)
+        bent_gradient = gradient.copy()
+        bent_gradient[np.argmax(np.abs(gradient))] += 0.01 * np.linalg.norm(gradient)
+        bent = check(bent_gradient)
     # Measured 1e-10..3e-8 on the swing-ups (docs/gradients.md); the tolerance is 1e-5.
-    assert check["passed"], check
-    assert check["max_relative_error"] < 1e-6
+    assert right["passed"], right
+    assert right["max_relative_error"] < 1e-6
+    assert not too_long["passed"] and 0.009 < too_long["max_relative_error"] < 0.011, too_long
+    assert not bent["passed"] and bent["max_relative_error"] > 1e-3, bent
 
 
 def test_cli_writes_the_report_with_the_requested_horizons(tmp_path):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import pathlib
 import time
@@ -18,7 +17,6 @@ import time
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import mujoco  # noqa: E402
 import numpy as np  # noqa: E402
 
@@ -27,8 +25,13 @@ from diffrl.envs.shac_locomotion import SHAC_LOCOMOTION, diffrl_asset  # noqa: E
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "docs" / "results" / "shac_bodies.json"
-# dflex's contact law per task (ke, kd) and the stance contacts the mapping assumes (SHAC_BODIES.md §5, §6)
-DFLEX = {"shac_ant": {"mass": 182.176, "ke": 4e4, "kd": 1e4, "stance": 4}}
+# dflex's contact law per task (ke, kd), the stance contacts the mapping assumes, the geoms that carry the weight
+# standing (their lowest points) and the radius of a contact sphere there (SHAC_BODIES.md §5, §6)
+DFLEX = {
+    "shac_ant": {"mass": 182.176, "ke": 4e4, "kd": 1e4, "stance": 4, "feet": "ankle", "radius": 0.08},
+    "shac_humanoid": {"mass": 40.844, "ke": 2e4, "kd": 5e3, "stance": 8, "feet": "foot", "radius": 0.027},
+}
+SUBSTEPS = {"shac_ant": [16, 8, 4], "shac_humanoid": [48, 24, 16]}
 G = 9.81
 
 
@@ -105,7 +108,7 @@ def contact_mapping(task: str, model: mujoco.MjModel) -> dict:
     per_contact = f["mass"] / f["stance"]
     solref = " ".join(f"{x:g}" for x in model.geom_solref[0])
     solimp = " ".join(f"{x:g}" for x in model.geom_solimp[0][:3])
-    radius, height, seconds = 0.08, 0.2, 6.0
+    radius, height, seconds = f["radius"], 0.2, 6.0
     return {
         "mass_per_contact_kg": per_contact,
         "solref": solref,
@@ -174,20 +177,20 @@ def substep_study(task: str, substeps: list[int], envs: int, seconds: float = 1.
 def measure(task: str, substeps: list[int], envs: int) -> dict:
     model = model_of(task)
     names = [mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_GEOM, g) for g in range(model.ngeom)]
-    stance = [g for g, name in enumerate(names) if name and "ankle" in name]  # the ant's four lower legs
+    stance = [g for g, name in enumerate(names) if name and DFLEX[task]["feet"] in name]
     torque = standing_torque(model, stance)
-    gear = model.actuator_gear[:, 0]
+    joints = [names_of_joint(model, j) for j in model.actuator_trnid[:, 0]]
     dofs = model.jnt_dofadr[model.actuator_trnid[:, 0]]
     result = {
         "task": task,
         "total_mass_kg": float(model.body_mass.sum()),
         "dflex_total_mass_kg": DFLEX[task]["mass"],
-        "standing_torque_Nm": {names_of_joint(model, j): float(torque[d]) for j, d in zip(model.actuator_trnid[:, 0], dofs)},
-        "max_torque_Nm": float(gear.max()),
+        "standing_torque_Nm": dict(zip(joints, torque[dofs].tolist())),
+        "max_torque_Nm": dict(zip(joints, model.actuator_gear[:, 0].tolist())),
         "contact": contact_mapping(task, model),
     }
     print(json.dumps({k: v for k, v in result.items()}, indent=1), flush=True)
-    result["substeps"] = substep_study(task, substeps, envs)
+    result["substeps"] = substep_study(task, substeps or SUBSTEPS[task], envs)
     return result
 
 
@@ -198,7 +201,7 @@ def names_of_joint(model, joint) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", default=sorted(DFLEX))
-    parser.add_argument("--substeps", nargs="+", type=int, default=[16, 8, 4])
+    parser.add_argument("--substeps", nargs="+", type=int, default=None, help="default: the task's SUBSTEPS")
     parser.add_argument("--envs", type=int, default=16)
     parser.add_argument("--out", type=pathlib.Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)

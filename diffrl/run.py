@@ -9,6 +9,7 @@ External trainers (Brax's and SB3's agents) run their own loop in ``diffrl.basel
 from __future__ import annotations
 
 import logging
+import os
 import pathlib
 import time
 from typing import Any
@@ -107,6 +108,22 @@ def chunk_lengths(total: int, chunk: int | None) -> list[int]:
     chunk = chunk or max(1, total // 20)
     full, rest = divmod(total, chunk)
     return [chunk] * full + ([rest] if rest else [])
+
+
+HOLD_AT_CHECKPOINT = "DIFFRL_HOLD_AT_CHECKPOINT"
+
+
+def hold_if_asked(iteration: int, limit_s: float = 600.0) -> None:
+    """For tests of preemption: with ``DIFFRL_HOLD_AT_CHECKPOINT=<iteration>`` set, the run waits after it
+    saved that iteration's checkpoint, so a test can kill it there (SIGKILL, a Slurm preemption) without
+    racing the machine's speed. A resumed run saves later iterations only, so it never holds again; a hold
+    nobody ends carries on after ``limit_s``."""
+    if os.environ.get(HOLD_AT_CHECKPOINT) != str(iteration):
+        return
+    log.info("holding after the checkpoint of iteration %d until killed (%s)", iteration, HOLD_AT_CHECKPOINT)
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def make_chunk_runner(algo: Algorithm, mesh=None):
@@ -283,6 +300,7 @@ def train_compiled(cfg: DictConfig, run_dir: pathlib.Path) -> dict[str, Any]:
                     host["chunk"] % int(cfg.checkpoint.every_chunks) == 0 or host["chunk"] == len(lengths)
                 ):
                     checkpointer.save(host["iteration"], states, host)
+                    hold_if_asked(host["iteration"])
 
         params, normalizer = policy_of(states)
         final_stats = jax.device_get(episode_stats(params, normalizer, eval_key))

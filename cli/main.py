@@ -23,7 +23,7 @@ COMMANDS = {
     "train": ("cli.train", "train a policy: diffrl train env=acrobot algo=cem [key=value ...] [-m]"),
     "eval": (
         "cli.evaluate",
-        "evaluate a finished or interrupted run: diffrl eval run_dir=<dir> [episodes=N html=true]",
+        "evaluate a finished or interrupted run: diffrl eval <run dir> [episodes=N html=true]",
     ),
     "table": ("cli.table", "results table beside the paper's: diffrl table <sweep dir> [...] [--out DIR]"),
     "plot": ("cli.plot", "learning curves of sweeps: diffrl plot <sweep dir> [...] [--out DIR]"),
@@ -132,18 +132,45 @@ def check_launch(overrides: list[str]) -> None:
             )
 
 
+def hydra_literal(value: str) -> str:
+    """``value`` quoted for Hydra's override grammar, so that it is taken as it is: a sweep job's directory
+    name holds its other overrides (``..._seed0_iterations=2,num_seeds=2``), whose ``=`` and ``,`` Hydra
+    would parse as syntax. A value the user quoted already is left alone."""
+    if value[:1] in ("'", '"'):
+        return value
+    return "'" + value.replace("'", "\\'") + "'"
+
+
+def unquoted(value: str) -> str:
+    return value[1:-1] if len(value) >= 2 and value[0] == value[-1] and value[0] in ("'", '"') else value
+
+
+def literal_run_dir(overrides: list[str]) -> list[str]:
+    """``diffrl eval``'s run directory, taken literally: ``run_dir=<dir>`` or the directory alone, as printed."""
+    out = []
+    for override in overrides:
+        if override.startswith("run_dir="):
+            override = "run_dir=" + hydra_literal(override.partition("=")[2])
+        elif not override.startswith("-") and pathlib.Path(override).is_dir():
+            override = "run_dir=" + hydra_literal(override)
+        out.append(override)
+    return out
+
+
 def expand_resume(overrides: list[str]) -> list[str]:
-    """``resume=<dir>`` -> the run's saved overrides + ``hydra.run.dir=<dir>`` + ``resume=<dir>``."""
+    """``resume=<dir>`` -> the run's saved overrides + ``hydra.run.dir=<dir>`` + ``resume=<dir>``, the
+    directory quoted for Hydra (``hydra_literal``)."""
     resume = [o for o in overrides if o.startswith("resume=")]
     if not resume or resume[-1] == "resume=auto":  # auto: each job of a sweep decides in its own directory
         return overrides
-    run_dir = pathlib.Path(resume[-1].partition("=")[2]).expanduser().absolute()
+    run_dir = pathlib.Path(unquoted(resume[-1].partition("=")[2])).expanduser().absolute()
     saved = run_dir / ".hydra" / "overrides.yaml"
     if not saved.is_file():
         raise UsageError(f"resume: {run_dir} is not a diffrl run directory (no .hydra/overrides.yaml)")
     original = [o for o in yaml.safe_load(saved.read_text()) or [] if not o.startswith(("resume=", "hydra."))]
     extra = [o for o in overrides if not o.startswith("resume=")]
-    return original + extra + [f"hydra.run.dir={run_dir}", f"resume={run_dir}"]
+    literal = hydra_literal(str(run_dir))
+    return original + extra + [f"hydra.run.dir={literal}", f"resume={literal}"]
 
 
 class _DropNotices(logging.Filter):
@@ -175,6 +202,8 @@ def main(argv: list[str] | None = None) -> None:
         if command == "train":
             check_launch(rest)
             rest = expand_resume(rest)
+        if command == "eval":
+            rest = literal_run_dir(rest)
     except UsageError as err:
         print(f"diffrl {command}: error: {err}", file=sys.stderr)
         sys.exit(2)

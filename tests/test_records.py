@@ -3,6 +3,8 @@ impossible launches refused in one line before any work, effective settings and 
 
 import json
 import os
+import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -30,11 +32,13 @@ def test_a_seed_sweep_of_a_table_leaves_one_complete_job_per_seed_and_one_cell_o
     sweep_args = ["-m", "experiment=ceapg_table2", "env=acrobot", "algo=cem", "seed=0,1", "iterations=2"]
     small = ["num_seeds=2", "eval.episodes=2", "algo.population=4", "algo.elites=2", "env.episode_length=50"]
     quiet = ["logger.wandb.enabled=false", "logger.console.progress_bar=false"]
-    run_diffrl("train", *sweep_args, *small, *quiet, cwd=tmp_path, timeout=240)
+    proc = run_diffrl("train", *sweep_args, *small, *quiet, cwd=tmp_path, timeout=240)
     sweep = tmp_path / "outputs" / "tables" / "table2_quick"
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
     suffix = "_algo.elites=2,algo.population=4,env.episode_length=50,eval.episodes=2,iterations=2,num_seeds=2"
     assert [p.name for p in jobs] == [f"acrobot_cem_seed0{suffix}", f"acrobot_cem_seed1{suffix}"]
+    printed = re.findall(r"summary: (\S+)/summary\.json", proc.stdout + proc.stderr)
+    assert sorted(printed) == [str(job) for job in jobs]  # what a user copies from the sweep's output
     metrics = {}
     for seed, job in enumerate(jobs):
         rows = [json.loads(line) for line in (job / "metrics.jsonl").read_text().splitlines()]
@@ -68,6 +72,35 @@ def test_a_seed_sweep_of_a_table_leaves_one_complete_job_per_seed_and_one_cell_o
     assert "resumed from iteration 1" in (interrupted / "train.log").read_text()
     assert (jobs[0] / "metrics.jsonl").read_text() == metrics[jobs[0]]
     assert "already completed; nothing to do" in (jobs[0] / "train.log").read_text()
+
+
+def test_a_sweep_jobs_directory_goes_back_to_every_command_as_printed(tmp_path):
+    """A job's directory name holds its other overrides (``=`` and ``,``, Hydra's syntax): `diffrl eval`
+    (``run_dir=<dir>`` or the directory alone), `diffrl train resume=<dir>`, `diffrl table` and `diffrl plot`
+    all take it as printed. It used to die in Hydra's override parser (``mismatched input '='``)."""
+    sweep_args = ["-m", "experiment=ceapg_table2", "env=acrobot", "algo=cem", "seed=0", "iterations=2"]
+    small = ["num_seeds=2", "eval.episodes=2", "algo.population=4", "algo.elites=2", "env.episode_length=50"]
+    proc = run_diffrl("train", *sweep_args, *small, "logger.console.progress_bar=false", cwd=tmp_path, timeout=240)
+    (job,) = re.findall(r"summary: (\S+)/summary\.json", proc.stdout + proc.stderr)
+    assert "=" in job and "," in job
+    before = [deterministic_part(r) for r in read_metrics(pathlib.Path(job))]
+    final = json.loads((pathlib.Path(job) / "summary.json").read_text())["final_return"]
+
+    run_diffrl("eval", f"run_dir={job}", "episodes=1", cwd=tmp_path)
+    assert np.asarray(json.loads((pathlib.Path(job) / "eval.json").read_text())["return_per_episode"]).shape == (2, 1)
+    run_diffrl("eval", job, "episodes=3", cwd=tmp_path)
+    assert np.asarray(json.loads((pathlib.Path(job) / "eval.json").read_text())["return_per_episode"]).shape == (2, 3)
+
+    shutil.rmtree(pathlib.Path(job) / "checkpoints" / "2")  # as if killed after its first chunk
+    (pathlib.Path(job) / "summary.json").unlink()
+    run_diffrl("train", f"resume={job}", cwd=tmp_path, timeout=240)
+    assert [deterministic_part(r) for r in read_metrics(pathlib.Path(job))] == before
+    assert json.loads((pathlib.Path(job) / "summary.json").read_text())["final_return"] == final
+
+    table = run_diffrl("table", job, cwd=tmp_path).stdout
+    assert "| CEM | " in table and "(2 seeds)" in table
+    run_diffrl("plot", job, cwd=tmp_path)
+    assert (pathlib.Path(job) / "curves_acrobot.png").stat().st_size > 5000
 
 
 def test_auto_resume_restarts_a_job_that_died_before_its_first_checkpoint(tmp_path):

@@ -240,7 +240,7 @@ def mjx_solver(env_cfg: DictConfig) -> dict[str, int]:
 
 def build_env(cfg: DictConfig):
     """The task on its backend, with the debugging NaN injection when asked for."""
-    env = make_env(cfg.env.name, cfg.env.backend, mjx_solver(cfg.env))
+    env = make_env(cfg.env.name, cfg.env.backend, mjx_solver(cfg.env), inertia=cfg.env.get("inertia"))
     if cfg.env.get("inject_nan_after") is not None:
         env = InjectNaN(env, int(cfg.env.inject_nan_after))
     return env

@@ -132,6 +132,147 @@ def test_refuses_what_it_does_not_model():
         PlanarChain.from_mjcf(TASKS["acrobot"].xml.replace('axis="0 1 0"', 'axis="1 0 0"'))
 
 
+# --- the system the CE-APG authors simulated, as an independent model written here ---
+#
+# Their Brax 0.0.10 configs (sgillen/brax: brax/envs/acrobot.py, inverted_pendulum_swingup.py,
+# inverted_double_pendulum_swingup.py) set masses and offsets and no inertia, so every link and pole had
+# Brax's default I = 1 kg m^2 about its centre of mass (shared/PAPERS.md). Below: the textbook rigid-body
+# equations of each system with those constants, in NumPy float64, stepped by semi-implicit Euler (velocity
+# first) with the task's substeps; angles from upright, a vector at angle a points along (sin a, cos a) in
+# (x, z). Nothing here reads the MJCF or diffrl's closed form.
+
+G = 9.81
+AUTHORS_INERTIA = 1.0
+
+
+def _acrobot_accel(q, qd, u):
+    """Fixed base, link 1 at absolute angle q1, link 2 at q1 + q2; elbow torque 25 u."""
+    m, l1, lc, inertia = 2.5, 0.9, 0.45, AUTHORS_INERTIA
+    c2, s2 = np.cos(q[1]), np.sin(q[1])
+    m11 = 2 * inertia + m * lc**2 + m * (l1**2 + lc**2 + 2 * l1 * lc * c2)
+    m12 = inertia + m * (lc**2 + l1 * lc * c2)
+    m22 = inertia + m * lc**2
+    h = -m * l1 * lc * s2
+    coriolis = np.array([h * (2 * qd[0] * qd[1] + qd[1] ** 2), -h * qd[0] ** 2])
+    gravity = -G * np.array(
+        [(m * lc + m * l1) * np.sin(q[0]) + m * lc * np.sin(q[0] + q[1]), m * lc * np.sin(q[0] + q[1])]
+    )
+    return np.linalg.solve([[m11, m12], [m12, m22]], np.array([0.0, 25.0 * u]) - coriolis - gravity)
+
+
+def _cartpole_accel(q, qd, u):
+    """Cart at x (10.471975 kg), pole at theta (5.0185914 kg, centre of mass 0.3 m from the pivot); 100 u N."""
+    mc, m, lc, inertia = 10.471975, 5.0185914, 0.3, AUTHORS_INERTIA
+    c, s = np.cos(q[1]), np.sin(q[1])
+    mass = [[mc + m, m * lc * c], [m * lc * c, inertia + m * lc**2]]
+    coriolis = np.array([-m * lc * s * qd[1] ** 2, 0.0])
+    gravity = np.array([0.0, -G * m * lc * s])
+    return np.linalg.solve(mass, np.array([100.0 * u, 0.0]) - coriolis - gravity)
+
+
+def _double_pendulum_accel(q, qd, u):
+    """Cart at x, pole 1 at phi1 = theta1, pole 2 at phi2 = theta1 + theta2 (pivots 0.6 m apart, centres of mass
+    0.3 m above each pivot); the equations in (x, phi1, phi2), mapped back to the relative joint angle."""
+    mc, m, l1, lc, inertia = 10.471975, 5.0185914, 0.6, 0.3, AUTHORS_INERTIA
+    phi1, phi2 = q[1], q[1] + q[2]
+    w1, w2 = qd[1], qd[1] + qd[2]
+    k = m * l1 * lc
+    first = m * lc + m * l1  # pole 1's own moment arm plus pole 2's mass carried at pole 1's tip
+    mass = [
+        [mc + 2 * m, first * np.cos(phi1), m * lc * np.cos(phi2)],
+        [first * np.cos(phi1), inertia + m * lc**2 + m * l1**2, k * np.cos(phi1 - phi2)],
+        [m * lc * np.cos(phi2), k * np.cos(phi1 - phi2), inertia + m * lc**2],
+    ]
+    coriolis = np.array(
+        [
+            -first * np.sin(phi1) * w1**2 - m * lc * np.sin(phi2) * w2**2,
+            k * np.sin(phi1 - phi2) * w2**2,
+            -k * np.sin(phi1 - phi2) * w1**2,
+        ]
+    )
+    gravity = -G * np.array([0.0, first * np.sin(phi1), m * lc * np.sin(phi2)])
+    x_acc, phi1_acc, phi2_acc = np.linalg.solve(mass, np.array([1000.0 * u, 0.0, 0.0]) - coriolis - gravity)
+    return np.array([x_acc, phi1_acc, phi2_acc - phi1_acc])
+
+
+def _wrap(angle):
+    return np.angle(np.exp(1j * angle))  # (-pi, pi]
+
+
+# name: (accelerations, substeps, timestep, observation, a swinging state (q, qd))
+AUTHORS_SYSTEMS = {
+    "acrobot": (
+        _acrobot_accel, 4, 0.0025,
+        lambda q, qd: np.concatenate([_wrap(q), qd]),
+        ([np.pi - 0.2, 0.5], [2.0, -3.0]),  # link 1 swings through hanging-down (+-pi)
+    ),
+    "cartpole_swingup": (
+        _cartpole_accel, 8, 0.005,
+        lambda q, qd: np.array([q[0], _wrap(q[1]), qd[0], qd[1]]),
+        ([0.3, np.pi - 0.2], [1.0, 2.5]),  # the pole swings through hanging-down (+-pi)
+    ),
+    "double_pendulum_swingup": (
+        _double_pendulum_accel, 12, 1 / 1200,
+        lambda q, qd: np.concatenate([q[:1], np.sin(q[1:]), np.cos(q[1:]), qd]),
+        ([0.3, np.pi - 0.8, 0.5], [1.0, 2.5, -3.0]),
+    ),
+}  # fmt: skip
+SATURATED = np.array([1.7, 1.7, -2.0, -2.0, -2.0] * 4)[:, None]  # 20 control steps, clipped to +-1 by the env
+
+
+def _authors_rollout(name: str, actions) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    accel, substeps, dt, observe, (q, qd) = AUTHORS_SYSTEMS[name]
+    q, qd = np.array(q, float), np.array(qd, float)
+    qs, qds, observations = [], [], []
+    for (action,) in actions:
+        u = np.clip(action, -1.0, 1.0)
+        for _ in range(substeps):
+            qd = qd + dt * accel(q, qd, u)
+            q = q + dt * qd
+        qs.append(q), qds.append(qd), observations.append(observe(q, qd))
+    return np.array(qs), np.array(qds), np.array(observations)
+
+
+def _observed_rollout(env, q0, qd0, actions) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(q, qd, observation) after each control step of ``env.step``."""
+    start = env.reset(jax.random.PRNGKey(0)).replace(pipeline_state=PlanarState(jnp.asarray(q0), jnp.asarray(qd0)))
+
+    def step(state, action):
+        state = env.step(state, action)
+        return state, (state.pipeline_state.q, state.pipeline_state.qd, state.obs)
+
+    return tuple(np.asarray(x) for x in jax.jit(lambda s, a: jax.lax.scan(step, s, a)[1])(start, jnp.asarray(actions)))
+
+
+@pytest.mark.parametrize("name", list(AUTHORS_SYSTEMS))
+def test_tasks_are_the_systems_the_authors_simulated(name):
+    """20 saturated-force steps from a swinging state: diffrl's task (closed form, float64) follows the
+    independent model of the authors' system to 1e-6 in state and observation. The same task with the
+    capsules' own inertia (``env.inertia=geometric``, diffrl's bodies before) is far off: the check has teeth."""
+    q_ref, qd_ref, obs_ref = _authors_rollout(name, SATURATED)
+    q0, qd0 = (np.asarray(x, float) for x in AUTHORS_SYSTEMS[name][4])
+    with jax.enable_x64(True):
+        q, qd, obs = _observed_rollout(make_env(name, "analytic"), q0, qd0, SATURATED)
+        q_geo, qd_geo, _ = _observed_rollout(make_env(name, "analytic", inertia="geometric"), q0, qd0, SATURATED)
+    np.testing.assert_allclose(q, q_ref, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(qd, qd_ref, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(obs, obs_ref, rtol=0, atol=1e-6)
+    assert np.max(np.abs(qd_geo - qd_ref)) > 0.1, name
+
+
+@pytest.mark.parametrize("name", list(AUTHORS_SYSTEMS))
+def test_every_pipeline_reads_the_authors_inertia(name):
+    """Brax builds every pipeline's system (generalized, mjx, spring, positional) from the same
+    ``mjcf.loads``: each moving body has 1 kg m^2 about every axis, the masses are the authors'."""
+    from brax.io import mjcf
+
+    sys = mjcf.loads(TASKS[name].xml)
+    np.testing.assert_allclose(np.asarray(sys.link.inertia.i), np.broadcast_to(np.eye(3), (sys.num_links(), 3, 3)))
+    expected = {"acrobot": [2.5, 2.5], "cartpole_swingup": [10.471975, 5.0185914]}
+    masses = expected.get(name, [10.471975, 5.0185914, 5.0185914])
+    np.testing.assert_allclose(np.asarray(sys.link.inertia.mass), masses, rtol=1e-7)
+
+
 # --- trajectories against MuJoCo's C engine and against Brax ---
 
 

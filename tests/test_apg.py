@@ -13,8 +13,11 @@ from diffrl.algos.apg import APGCore, APGTrace, GradientConfig
 from diffrl.algos.ce_apg import CEAPGState, log_linear_learning_rate
 from diffrl.envs import make_env
 from diffrl.networks import Policy, make_gru_policy
+from diffrl.networks.base import count_as_float
 from diffrl.rollout import NO_GRADIENT_OPTIONS, GradientOptions, episode_return
 from diffrl.run import TrainingDiverged, build_experiment, train
+
+from conftest import compose_train
 
 
 def _return_fn(env, policy, normalizer, start, horizon, options=NO_GRADIENT_OPTIONS):
@@ -152,7 +155,7 @@ def test_nonfinite_gradients_are_skipped_counted_and_never_applied(fast_cfg):
             "algo.steps_per_iteration=4",
             "algo.starts_per_step=1",
             "env.inject_nan_after=5",
-            "algo.update_normalizer=false",
+            "algo.update_normalizer=never",
         )
     )
     algo = exp.algo
@@ -311,3 +314,48 @@ def test_a_few_apg_steps_raise_the_return_on_the_acrobot(acrobot_setup):
     before, after = float(mean_return(flat)), float(mean_return(refined))
     assert int(jnp.sum(trace.nonfinite)) == 0
     assert after > before + GAIN, (before, after)
+
+
+# --- the authors' protocols (sgillen/apg), the defaults, beside diffrl's stronger variants ---
+
+
+def _count(normalizer) -> float:
+    return float(count_as_float(normalizer.count))
+
+
+def test_papg_runs_share_one_init_and_its_normaliser_is_frozen_after_one_rollout(fast_cfg):
+    """The authors' PAPG: every run is one default init + N(0, 0.01^2); the normaliser folds in one episode
+    (50 steps here) of that init at the start and never changes. diffrl's variant: independent inits, a
+    normaliser fed by every run's rollouts each iteration."""
+    overrides = ("algo=papg", "algo.runs=8", "algo.steps_per_iteration=2", "algo.starts_per_step=1")
+    algo = build_experiment(fast_cfg(*overrides)).algo
+    state = algo.init(jax.random.PRNGKey(0))
+    spread = np.asarray(state.params[1:] - state.params[0])  # differences of two N(0, 0.01^2) draws
+    np.testing.assert_allclose(spread.std(), 0.01 * np.sqrt(2), rtol=0.05)
+    assert _count(state.normalizer) == 50
+    new_state, _ = jax.jit(algo.train_step)(state)
+    for new, old in zip(jax.tree.leaves(new_state.normalizer), jax.tree.leaves(state.normalizer), strict=True):
+        np.testing.assert_array_equal(new, old)
+
+    variant = build_experiment(fast_cfg(*overrides, "algo.init=independent", "algo.update_normalizer=every_iteration"))
+    state = variant.algo.init(jax.random.PRNGKey(0))
+    assert np.asarray(state.params[1:] - state.params[0]).std() > 0.1 and _count(state.normalizer) == 0
+    new_state, _ = jax.jit(variant.algo.train_step)(state)
+    assert _count(new_state.normalizer) == 8 * 50  # one episode of each run
+
+
+def test_ce_apg_folds_one_rollout_of_the_mean_into_the_normaliser_each_iteration(fast_cfg):
+    overrides = ("algo=ce_apg", "algo.population=4", "algo.elites=2", "algo.apg_steps=2", "algo.score_window=1")
+    algo = build_experiment(fast_cfg(*overrides)).algo
+    state = algo.init(jax.random.PRNGKey(0))
+    step = jax.jit(algo.train_step)
+    for iteration in (1, 2):
+        state, _ = step(state)
+        assert _count(state.normalizer) == iteration * 50  # one 50-step episode per iteration
+
+
+def test_the_swingup_algorithms_default_to_the_authors_normaliser():
+    """Variance prior 1 and inputs clipped to +-5 (Brax 0.0.10's normalization.py) for CE-APG, PAPG and CEM."""
+    for algo in ("ce_apg", "papg", "cem"):
+        exp = build_experiment(compose_train(f"algo={algo}", "debug=smoke"))
+        assert (exp.policy.normalizer.variance_prior, exp.policy.normalizer.clip) == (1.0, 5.0), algo

@@ -115,8 +115,9 @@ class APGCore:
         adam = optax.inject_hyperparams(optax.adam)(learning_rate=learning_rate)
         return optax.apply_if_finite(adam, max_consecutive_errors=_NEVER_APPLY_NONFINITE)
 
-    def starts(self, key: jax.Array):
-        return jax.vmap(self.env.reset)(jax.random.split(key, self.starts_per_step))
+    def starts(self, key: jax.Array, count: int | None = None):
+        """``count`` random start states (default: ``starts_per_step``)."""
+        return jax.vmap(self.env.reset)(jax.random.split(key, count or self.starts_per_step))
 
     def rollouts(self, flat: jax.Array, normalizer: NormalizerState, starts) -> tuple[jax.Array, EpisodeBatch]:
         """Mean return over ``starts`` (differentiable), and the batch of episodes it came from."""
@@ -174,17 +175,37 @@ def apg_metrics(trace: APGTrace, opt_states: Any, limit: int, starts_per_step: i
     }
 
 
+PAPG_INITS = ("shared", "independent")
+PAPG_NORMALIZER_UPDATES = ("once", "every_iteration", "never")
+
+
 @dataclasses.dataclass(frozen=True)
 class PAPGConfig:
-    runs: int = 24  # independent APG runs in parallel; the best one is the result
+    """The defaults are the CE-APG authors' PAPG (``papg`` in sgillen/apg): every run starts from one default
+    initialisation plus N(0, ``init_noise``^2) noise, and the normaliser is updated once, from one rollout of
+    that un-noised initialisation, then frozen. ``init: independent`` and ``update_normalizer:
+    every_iteration`` are diffrl's stronger variant (more diverse runs, inputs that keep up with the swing)."""
+
+    runs: int = 24  # APG runs in parallel; the best one is the result
     steps_per_iteration: int = 100  # Adam steps per outer iteration (between host syncs)
     learning_rate: float = 5e-4
     starts_per_step: int = 4  # start states averaged in each gradient step
     score_window: int = 5
-    zero_init: bool = False
-    update_normalizer: bool = True
+    zero_init: bool = False  # the shared (or each) initialisation is zero instead of the network's default
+    init: str = "shared"  # "shared": one init + N(0, init_noise^2) per run; "independent": one default init per run
+    init_noise: float = 0.01
+    update_normalizer: str = "once"  # "once" (from the un-noised init, then frozen) | "every_iteration" | "never"
     episode_length: int = 500
     grad: GradientConfig = GradientConfig()
+
+    def __post_init__(self):
+        if self.init not in PAPG_INITS:
+            raise ValueError(f"papg init must be one of {', '.join(PAPG_INITS)}, got {self.init!r}")
+        if self.update_normalizer not in PAPG_NORMALIZER_UPDATES:
+            raise ValueError(
+                f"papg update_normalizer must be one of {', '.join(PAPG_NORMALIZER_UPDATES)}, "
+                f"got {self.update_normalizer!r}"
+            )
 
 
 @struct.dataclass
@@ -243,13 +264,17 @@ def alive_observations(trajectory) -> jax.Array:
     return jnp.take_along_axis(trajectory.observation, index[..., None], axis=-2)
 
 
-def rollout_observations(core: APGCore, flat: jax.Array, normalizer: NormalizerState, key: jax.Array) -> jax.Array:
-    """Observations of one batch of episodes of ``flat`` (no gradient), to update the normaliser."""
-    return jax.lax.stop_gradient(core.rollouts(flat, normalizer, core.starts(key))[1].observations)
+def rollout_observations(
+    core: APGCore, flat: jax.Array, normalizer: NormalizerState, key: jax.Array, episodes: int | None = None
+) -> jax.Array:
+    """Observations of ``episodes`` episodes of ``flat`` from random starts (default: ``starts_per_step``; no
+    gradient), to update the normaliser."""
+    return jax.lax.stop_gradient(core.rollouts(flat, normalizer, core.starts(key, episodes))[1].observations)
 
 
 class PAPG:
-    """Parallel APG: ``runs`` independent APG optimisations (vmapped); the best run is the policy."""
+    """Parallel APG: ``runs`` APG optimisations (vmapped, each its own Adam and start states); the best run
+    is the policy."""
 
     name = "papg"
     population_mesh = None  # set by the runner to refine the runs on several devices
@@ -260,19 +285,29 @@ class PAPG:
 
     @property
     def env_steps_per_iteration(self) -> int:
+        """Per outer iteration; ``update_normalizer: once`` adds one episode at ``init``, not counted here."""
         c = self.config
-        normalizer_rollouts = c.starts_per_step if c.update_normalizer else 0
+        normalizer_rollouts = c.starts_per_step if c.update_normalizer == "every_iteration" else 0
         return c.runs * (c.steps_per_iteration * c.starts_per_step + normalizer_rollouts) * c.episode_length
 
     def init(self, key: jax.Array) -> PAPGState:
         c = self.config
-        key, init_key = jax.random.split(key)
-        params = jax.vmap(self.core.flat_init)(jax.random.split(init_key, c.runs))
-        if c.zero_init:
-            params = jnp.zeros_like(params)
+        key, init_key, noise_key, obs_key = jax.random.split(key, 4)
+        if c.init == "shared":
+            base = self.core.flat_init(init_key)
+            base = jnp.zeros_like(base) if c.zero_init else base
+            params = base + c.init_noise * jax.random.normal(noise_key, (c.runs, base.shape[0]), base.dtype)
+        else:
+            params = jax.vmap(self.core.flat_init)(jax.random.split(init_key, c.runs))
+            params = jnp.zeros_like(params) if c.zero_init else params
+            base = params[0]  # no un-noised common init: `once` observes the first run's
         opt_state = jax.vmap(self.core.optimizer(c.learning_rate).init)(params)
         scores = jnp.full((c.runs,), -jnp.inf)
-        return PAPGState(params, opt_state, scores, self.core.policy.init_normalizer(), key)
+        normalizer = self.core.policy.init_normalizer()
+        if c.update_normalizer == "once":  # the authors': one rollout of the un-noised init, then frozen
+            observations = rollout_observations(self.core, base, normalizer, obs_key, episodes=1)
+            normalizer = self.core.policy.update_normalizer(normalizer, observations)
+        return PAPGState(params, opt_state, scores, normalizer, key)
 
     def _best(self, state: PAPGState) -> jax.Array:
         return jnp.argmax(jnp.where(jnp.isfinite(state.scores), state.scores, -jnp.inf))
@@ -284,7 +319,7 @@ class PAPG:
         c = self.config
         key, obs_key, run_key = jax.random.split(state.key, 3)
         normalizer = state.normalizer
-        if c.update_normalizer:
+        if c.update_normalizer == "every_iteration":
             observe = lambda flat: rollout_observations(self.core, flat, normalizer, obs_key)
             observations = over_population(observe, self.population_mesh)(state.params)
             normalizer = self.core.policy.update_normalizer(normalizer, observations)

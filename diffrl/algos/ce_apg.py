@@ -1,7 +1,8 @@
 """CE-APG: a cross-entropy method over policy parameters whose every candidate is refined by APG.
 
 Per outer iteration (Gillen & Byl; the authors' ``cem_apg``):
-1. update the observation normaliser from a rollout of the current mean (then frozen inside APG);
+1. update the observation normaliser from ``normalizer_rollouts`` rollouts (the authors': one) of the current
+   mean, then freeze it inside APG;
 2. sample ``population`` candidates around the mean with the diagonal std;
 3. refine each with ``apg_steps`` Adam steps on -(mean return over ``starts_per_step`` random starts),
    learning rate log-linear from ``lr_start`` (first iteration) to ``lr_end`` (last);
@@ -42,6 +43,7 @@ class CEAPGConfig:
     zero_init: bool = True  # the paper starts the mean at zero (the quick budget does not)
     deploy: str = "best"  # the policy a run delivers: "best" refined candidate of the last iteration, or "mean"
     update_normalizer: bool = True
+    normalizer_rollouts: int = 1  # episodes of the mean folded into the normaliser each iteration (the authors': 1)
     iterations: int = 200  # length of the learning-rate schedule (set by the runner)
     episode_length: int = 500
     grad: GradientConfig = GradientConfig()
@@ -53,6 +55,8 @@ class CEAPGConfig:
             raise ValueError(f"ce_apg deploy must be 'best' or 'mean', got {self.deploy!r}")
         if not 0 < self.score_window <= self.apg_steps:
             raise ValueError(f"ce_apg needs 0 < score_window <= apg_steps, got {self.score_window}, {self.apg_steps}")
+        if self.normalizer_rollouts < 1:
+            raise ValueError(f"ce_apg needs normalizer_rollouts >= 1, got {self.normalizer_rollouts}")
 
 
 @struct.dataclass
@@ -82,7 +86,7 @@ class CEAPG:
     @property
     def env_steps_per_iteration(self) -> int:
         c = self.config
-        normalizer_rollouts = c.starts_per_step if c.update_normalizer else 0
+        normalizer_rollouts = c.normalizer_rollouts if c.update_normalizer else 0
         return (c.population * c.apg_steps * c.starts_per_step + normalizer_rollouts) * c.episode_length
 
     def init(self, key: jax.Array) -> CEAPGState:
@@ -102,7 +106,7 @@ class CEAPG:
         key, obs_key, sample_key, refine_key = jax.random.split(state.key, 4)
         normalizer = state.normalizer
         if c.update_normalizer:
-            observations = rollout_observations(self.core, state.mean, normalizer, obs_key)
+            observations = rollout_observations(self.core, state.mean, normalizer, obs_key, c.normalizer_rollouts)
             normalizer = self.core.policy.update_normalizer(normalizer, observations)
 
         lr = log_linear_learning_rate(state.iteration, c.iterations, c.lr_start, c.lr_end)

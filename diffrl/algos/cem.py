@@ -1,9 +1,15 @@
 """Cross-entropy method over policy parameters (gradient-free), with a diagonal Gaussian.
 
-Each iteration samples ``population`` parameter vectors around the mean, scores each by its return
-on the same start states (common random numbers make the ranking fairer), and moves the mean to the
-elites' mean; the new std is the elites' root-mean-square distance from the *old* mean (as in the
-CE-APG paper's code). CE-APG reuses ``sample_candidates`` and ``cross_entropy_update``.
+Each iteration samples ``population`` parameter vectors around the mean, scores each by its return,
+and moves the mean to the elites' mean; the new std is the elites' root-mean-square distance from the
+*old* mean (as in the CE-APG paper's code). CE-APG reuses ``sample_candidates`` and ``cross_entropy_update``.
+
+The defaults are the CE-APG authors' CEM (``cem`` in sgillen/apg): each candidate is scored from its own
+random start state, the observation normaliser is never updated (with ``normalizer.clip`` 5: the identity,
+clipped to +-5), and the training return reported each iteration is one rollout of the new mean. diffrl's
+variant (``start_states: shared``, ``update_normalizer: true``, ``reported_return: best_candidate``) ranks the
+candidates on common start states (fairer), lets the normaliser follow the swing, and reports the best
+candidate's score: a stronger, noisier-to-read CEM than the paper's.
 """
 
 from __future__ import annotations
@@ -20,6 +26,9 @@ from diffrl.algos.apg import EpisodeBatch, episodes_from, training_episode_metri
 from diffrl.devices import over_population
 from diffrl.networks.base import NormalizerState, Params, Policy
 
+CEM_START_STATES = ("per_candidate", "shared")
+CEM_REPORTED_RETURNS = ("mean_rollout", "best_candidate")
+
 
 @dataclasses.dataclass(frozen=True)
 class CEMConfig:
@@ -28,14 +37,24 @@ class CEMConfig:
     init_std: float = 0.01
     min_std: float = 0.0
     episodes_per_candidate: int = 1
+    start_states: str = "per_candidate"  # each candidate its own starts, or "shared": the same for all
     zero_init: bool = False
-    update_normalizer: bool = True
+    update_normalizer: bool = False  # fold each iteration's observations into the normaliser
+    reported_return: str = "mean_rollout"  # `return`: one episode of the new mean, or the best candidate's score
     episode_length: int = 500
 
     def __post_init__(self):
         if not 0 < self.elites <= self.population:
             raise ValueError(
                 f"cem needs 0 < elites <= population, got elites={self.elites}, population={self.population}"
+            )
+        if self.start_states not in CEM_START_STATES:
+            raise ValueError(
+                f"cem start_states must be one of {', '.join(CEM_START_STATES)}, got {self.start_states!r}"
+            )
+        if self.reported_return not in CEM_REPORTED_RETURNS:
+            raise ValueError(
+                f"cem reported_return must be one of {', '.join(CEM_REPORTED_RETURNS)}, got {self.reported_return!r}"
             )
 
 
@@ -78,7 +97,8 @@ class CEM:
     @property
     def env_steps_per_iteration(self) -> int:
         c = self.config
-        return c.population * c.episodes_per_candidate * c.episode_length
+        reported = 1 if c.reported_return == "mean_rollout" else 0
+        return (c.population * c.episodes_per_candidate + reported) * c.episode_length
 
     def init(self, key: jax.Array) -> CEMState:
         init_key, key = jax.random.split(key)
@@ -101,20 +121,33 @@ class CEM:
             self.env, self.policy, self._unravel(flat_params), normalizer, starts, self.config.episode_length
         )
 
+    def _starts(self, key: jax.Array):
+        return jax.vmap(self.env.reset)(jax.random.split(key, self.config.episodes_per_candidate))
+
     def train_step(self, state: CEMState) -> tuple[CEMState, dict]:
         c = self.config
-        key, sample_key, start_key = jax.random.split(state.key, 3)
-        starts = jax.vmap(self.env.reset)(jax.random.split(start_key, c.episodes_per_candidate))
+        key, sample_key, start_key, report_key = jax.random.split(state.key, 4)
         candidates = sample_candidates(sample_key, state.mean, state.std, c.population)
-        score = lambda candidate: self._score(candidate, state.normalizer, starts)
-        scores, episodes = over_population(score, self.population_mesh)(candidates)
+        # One key per candidate; with shared start states every candidate gets the same one.
+        if c.start_states == "per_candidate":
+            start_keys = jax.random.split(start_key, c.population)
+        else:
+            start_keys = jnp.broadcast_to(start_key, (c.population, *start_key.shape))
+        score = lambda candidate, k: self._score(candidate, state.normalizer, self._starts(k))
+        scores, episodes = over_population(score, self.population_mesh)(candidates, start_keys)
         mean, std, _ = cross_entropy_update(state.mean, candidates, scores, c.elites, c.min_std)
         normalizer = state.normalizer
         if c.update_normalizer:
             normalizer = self.policy.update_normalizer(normalizer, episodes.observations)
         finite = jnp.isfinite(scores)
+        best_candidate = jnp.max(jnp.where(finite, scores, -jnp.inf))
+        if c.reported_return == "mean_rollout":  # the authors': one episode of the new mean
+            reported = self._score(mean, normalizer, jax.vmap(self.env.reset)(report_key[None]))[0]
+        else:
+            reported = best_candidate
         metrics = {
-            "return": jnp.max(jnp.where(finite, scores, -jnp.inf)),
+            "return": reported,
+            "return_best_candidate": best_candidate,
             "return_population_mean": jnp.mean(jnp.where(finite, scores, jnp.nan)),
             "std_mean": jnp.mean(std),
             "nonfinite_candidates": jnp.sum(~finite),

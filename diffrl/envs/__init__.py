@@ -24,7 +24,7 @@ from diffrl.envs.analytic import AnalyticSwingUpEnv
 from diffrl.envs.brax_suite import BraxSuiteEnv
 from diffrl.envs.shac_locomotion import REBUILT_BACKENDS, SHAC_LOCOMOTION, ShacLocomotionEnv
 from diffrl.envs.swingup import SwingUpEnv
-from diffrl.envs.tasks import TASKS, SwingUpTask, wrap_angle
+from diffrl.envs.tasks import INERTIAS, TASKS, SwingUpTask, wrap_angle
 
 BRAX_PIPELINES = ("generalized", "mjx", "spring", "positional")
 BACKENDS = (*BRAX_PIPELINES, "analytic")  # every backend some task supports
@@ -93,11 +93,18 @@ def check_backend(name: str, backend: str) -> None:
         )
 
 
-def make_env(name: str, backend: str = "generalized", mjx_solver: dict | None = None) -> Env:
+def make_env(
+    name: str, backend: str = "generalized", mjx_solver: dict | None = None, inertia: str | None = None
+) -> Env:
     """The task ``name`` on ``backend``; on ``mjx``, the solver options ``mjx_solver`` (default: one
-    iteration, so the step is reverse-differentiable) replace the MJCF's."""
+    iteration, so the step is reverse-differentiable) replace the MJCF's. ``inertia`` (a swing-up's
+    ``env.inertia``, one of ``INERTIAS``; null: the task's own) picks where its links' inertia comes from."""
     check_backend(name, backend)
     spec = task_spec(name)
+    if inertia is not None and inertia != getattr(TASKS.get(name), "inertia", None):
+        if spec.suite != "swingup":
+            raise ValueError(f"env {name!r} has no inertia option; it applies to the swing-up tasks")
+        spec = _swingup(dataclasses.replace(TASKS[name], inertia=inertia))
     env = spec.build(backend)
     if backend == "mjx":
         env.sys = env.sys.tree_replace(MJX_GRADIENT_SOLVER if mjx_solver is None else mjx_solver)
@@ -107,6 +114,7 @@ def make_env(name: str, backend: str = "generalized", mjx_solver: dict | None = 
 __all__ = [
     "BACKENDS",
     "BRAX_PIPELINES",
+    "INERTIAS",
     "REGISTRY",
     "TASKS",
     "AnalyticSwingUpEnv",

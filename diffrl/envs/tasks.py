@@ -9,12 +9,19 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
+import re
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 
 ASSETS = pathlib.Path(__file__).parent / "assets"
+
+# Where the swing-ups' link inertia comes from (``env.inertia``): "authors" = the <inertial> elements of the
+# MJCF, 1 kg m^2 about each centre of mass as the CE-APG authors' Brax 0.0.10 simulated it; "geometric" = the
+# capsules' own inertia and masses (those elements stripped), diffrl's bodies before they followed the authors.
+INERTIAS = ("authors", "geometric")
+_INERTIAL = re.compile(r"[ \t]*<inertial\b[^>]*/>[^\n]*\n")
 
 Array = jnp.ndarray
 
@@ -41,6 +48,11 @@ class SwingUpTask:
     reset_noise: float = 0.01  # uniform +-noise on the joints in reset_noise_mask (default: the hinges)
     reset_noise_mask: tuple[bool, ...] | None = None
     reset_velocity_noise: float | None = None  # uniform +-noise on every velocity (default: reset_noise)
+    inertia: str = "authors"  # one of INERTIAS: the MJCF's <inertial> elements, or the capsules' own
+
+    def __post_init__(self):
+        if self.inertia not in INERTIAS:
+            raise ValueError(f"unknown inertia {self.inertia!r}; valid choices: {', '.join(INERTIAS)}")
 
     def start_joints(self, rng: Array) -> tuple[Array, Array]:
         """(q, qd) of a start state: hanging down plus uniform noise. Every backend calls this, so one key
@@ -69,7 +81,9 @@ class SwingUpTask:
 
     @property
     def xml(self) -> str:
-        return self.xml_path.read_text()
+        """The MJCF every backend reads; ``inertia="geometric"`` strips its <inertial> elements (one line each)."""
+        text = self.xml_path.read_text()
+        return _INERTIAL.sub("", text) if self.inertia == "geometric" else text
 
 
 def _acrobot_reward(q: Array, qd: Array) -> Array:
@@ -90,6 +104,16 @@ def _double_pendulum_obs(q: Array, qd: Array) -> Array:
     return jnp.concatenate([q[:1], jnp.sin(q[1:]), jnp.cos(q[1:]), qd])
 
 
+# The authors observed Brax v1's signed joint angles, in (-pi, pi] (``joints[0].angle_vel``): an acrobot upright
+# at 0 and at 2 pi is one input to the policy, not two.
+def _acrobot_obs(q: Array, qd: Array) -> Array:
+    return jnp.concatenate([wrap_angle(q), qd])
+
+
+def _cartpole_obs(q: Array, qd: Array) -> Array:
+    return jnp.stack([q[0], wrap_angle(q[1]), qd[0], qd[1]])
+
+
 ACROBOT = SwingUpTask(
     name="acrobot",
     xml_file="acrobot.xml",
@@ -97,7 +121,7 @@ ACROBOT = SwingUpTask(
     observation_size=4,
     hanging_q=(jnp.pi, 0.0),
     angle_mask=(True, True),
-    observe=lambda q, qd: jnp.concatenate([q, qd]),
+    observe=_acrobot_obs,
     reward=_acrobot_reward,
     best_return=5000.0,
 )
@@ -109,7 +133,7 @@ CARTPOLE_SWINGUP = SwingUpTask(
     observation_size=4,
     hanging_q=(0.0, jnp.pi),
     angle_mask=(False, True),
-    observe=lambda q, qd: jnp.concatenate([q, qd]),
+    observe=_cartpole_obs,
     reward=_cartpole_reward,
     best_return=0.0,
 )

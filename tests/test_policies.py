@@ -26,7 +26,15 @@ def test_every_policy_config_builds_a_policy_that_acts_in_bounds(name):
     params, normalizer = policy.init(jax.random.PRNGKey(0)), policy.init_normalizer()
     obs = 10.0 * jax.random.normal(jax.random.PRNGKey(1), (OBS,))
     carry, action = policy.act(params, normalizer, policy.initial_carry(), obs, jax.random.PRNGKey(2))
-    assert action.shape == (ACT,) and bool(jnp.all(jnp.abs(action) <= 1.0))
+    assert action.shape == (ACT,)
+    if policy.stochastic:  # (mean, log-std): the action is the tanh of a reparameterised sample
+        mean, log_std = policy.distribution(params, normalizer, policy.initial_carry(), obs)[1]
+        sample = mean + jnp.exp(log_std) * jax.random.normal(jax.random.PRNGKey(2), (ACT,))
+        np.testing.assert_allclose(action, jnp.tanh(sample), rtol=1e-5, atol=1e-6)
+    # weights 10x larger drive the output far past +-1: the squashing keeps the action in bounds (saturated)
+    large = jax.tree.map(lambda x: 10.0 * x, params)
+    saturated = policy.act(large, normalizer, policy.initial_carry(), obs, jax.random.PRNGKey(2))[1]
+    assert bool(jnp.all(jnp.abs(saturated) <= 1.0)) and float(jnp.max(jnp.abs(saturated))) > 0.99, saturated
     assert carry.shape == policy.initial_carry().shape
     assert policy.name == name and policy.stochastic == (name in STOCHASTIC_POLICIES)
 

@@ -418,3 +418,16 @@ def test_batched_policy_rollout_runs_in_float32():
     value, grad = jax.jit(jax.value_and_grad(loss))(params)
     assert value.dtype == jnp.float32 and np.isfinite(float(value))
     assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grad))
+
+
+def test_env_inertia_picks_the_bodies_from_the_config():
+    """`env.inertia` reaches the env a run builds: the authors' 1 kg m^2 by default, the capsules' on request."""
+    from diffrl.experiment import build_env
+
+    from conftest import compose_train
+
+    np.testing.assert_allclose(build_env(compose_train()).chain.inertia_yy, [1.0, 1.0])
+    geometric = build_env(compose_train("env.inertia=geometric")).chain.inertia_yy
+    np.testing.assert_allclose(geometric, [0.19675686, 0.19675686], rtol=1e-6)
+    with pytest.raises(ValueError, match="unknown inertia 'nope'; valid choices: authors, geometric"):
+        build_env(compose_train("env.inertia=nope"))

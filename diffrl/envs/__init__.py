@@ -101,7 +101,7 @@ def make_env(
     ``env.inertia``, one of ``INERTIAS``; null: the task's own) picks where its links' inertia comes from."""
     check_backend(name, backend)
     spec = task_spec(name)
-    if inertia is not None and inertia != getattr(TASKS.get(name), "inertia", None):
+    if inertia is not None:
         if spec.suite != "swingup":
             raise ValueError(f"env {name!r} has no inertia option; it applies to the swing-up tasks")
         spec = _swingup(dataclasses.replace(TASKS[name], inertia=inertia))

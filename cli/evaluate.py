@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
@@ -12,6 +14,14 @@ from cli.main import CONF_DIR
 def main(cfg: DictConfig) -> None:
     from diffrl.eval_run import evaluate_run
 
-    evaluate_run(
-        cfg.run_dir, episodes=int(cfg.episodes), seed=int(cfg.seed), html=bool(cfg.html), platform=cfg.hardware_platform
-    )
+    try:
+        evaluate_run(
+            cfg.run_dir,
+            episodes=int(cfg.episodes),
+            seed=int(cfg.seed),
+            html=bool(cfg.html),
+            platform=cfg.hardware_platform,
+        )
+    except FileNotFoundError as err:  # not a run directory, or a run that never checkpointed: one line
+        print(f"diffrl eval: error: {err}", file=sys.stderr)
+        sys.exit(2)

@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 from diffrl.algos import Algorithm, make_algorithm
 from diffrl.checkpoint import Checkpointer
 from diffrl.devices import local_devices, per_seed_shards, population_mesh, seed_mesh, shard_seeds
-from diffrl.errors import TrainingDiverged
+from diffrl.errors import ConfigError, TrainingDiverged
 from diffrl.evaluation import make_episode_stats
 from diffrl.experiment import (
     Experiment,
@@ -51,10 +51,13 @@ __all__ = ["Experiment", "TrainingDiverged", "build_experiment", "load_policy", 
 
 def build_experiment(cfg: DictConfig) -> Experiment:
     check_config(cfg)
-    env = build_env(cfg)
-    policy = build_policy(cfg, env)
     options, iterations = algorithm_options(cfg)
-    algo = make_algorithm(cfg.algo.name, env, policy, options, iterations)
+    try:  # the task's, the policy's and the algorithm's own option checks: one line, before any compile
+        env = build_env(cfg)
+        policy = build_policy(cfg, env)
+        algo = make_algorithm(cfg.algo.name, env, policy, options, iterations)
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
     effective = effective_settings(cfg, env, options, iterations, policy)
     return Experiment(env, policy, algo, iterations, evaluation_length(cfg), effective)
 
@@ -236,9 +239,7 @@ def train_compiled(cfg: DictConfig, run_dir: pathlib.Path) -> dict[str, Any]:
     host = {"iteration": 0, "chunk": 0, "wall_clock_s": 0.0, "compile_time_s": 0.0, "wandb_id": None}
     if cfg.resume:
         if checkpointer is None or checkpointer.latest_step() is None:
-            raise FileNotFoundError(
-                f"resume={cfg.resume}: no checkpoint under {run_dir / 'checkpoints'} to resume from"
-            )
+            raise ConfigError(f"resume={cfg.resume}: no checkpoint under {run_dir / 'checkpoints'} to resume from")
         states, host = checkpointer.restore(states)
         log.info("resumed from iteration %d (%s)", host["iteration"], checkpointer.directory)
 

@@ -43,7 +43,7 @@ test-slurm: install ## the slow Slurm test: a table sweep through a local Slurm 
 	$(BIN)/python -m pytest -m slow tests/test_slurm.py $(ARGS)
 
 # One process, not one per core: each JAX process preallocates most of the GPU's memory.
-test-gpu: ## the gpu-marked tests, on a machine with a CUDA device (installs the gpu extra)
+test-gpu: ## the gpu-marked tests, on a machine with a CUDA device (installs the gpu extra); they fail where JAX sees none
 	$(MAKE) install EXTRAS=dev,gpu
 	$(BIN)/python -m pytest -m gpu $(ARGS)
 

@@ -50,14 +50,8 @@ def read_rows(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def requires(algo):
-    if algo.startswith("sb3"):
-        pytest.importorskip("stable_baselines3")
-
-
 @pytest.mark.parametrize("algo", [pytest.param(a, marks=pytest.mark.slow) if a in SLOW else a for a in LEARNING])
 def test_short_run_improves_on_the_initial_policy_and_reloads(algo, tmp_path):
-    requires(algo)
     overrides, min_gain = LEARNING[algo]
     cfg = compose_train(*COMMON, *overrides)
     summary = train(cfg, tmp_path)
@@ -118,7 +112,6 @@ def test_brax_policy_checkpoint_reloads_with_identical_actions(algo, tmp_path):
 
 @pytest.mark.parametrize("algo", ["sb3_ppo", "sb3_sac"])
 def test_sb3_checkpoint_reloads_with_identical_actions(algo, tmp_path):
-    requires(algo)
     cfg = compose_train(*COMMON, f"algo={algo}")
     env = make_env(cfg.env.name, cfg.env.backend)
     trainer, _ = build_trainer(cfg, env)
@@ -232,7 +225,6 @@ def check_terminating_run(summary, run_dir):
 @pytest.mark.slow
 @pytest.mark.parametrize("algo", ["sac", "brax_apg", "sb3_ppo", "sb3_sac"])
 def test_every_trainer_runs_on_a_terminating_brax_task(algo, tmp_path):
-    requires(algo)
     cfg = compose_train(*PENDULUM, f"algo={algo}", *TINY[algo])
     summary = train(cfg, tmp_path)
     check_terminating_run(summary, tmp_path)

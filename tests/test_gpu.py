@@ -1,9 +1,10 @@
 """`hardware=gpu` on a CUDA device (`pip install -e ".[gpu]"`): the CLI trains there and the closed-form
-physics agrees with the CPU. Marked `gpu`: skipped by default and wherever JAX has no CUDA device
-(`pytest -m gpu` runs them)."""
+physics agrees with the CPU. Marked `gpu`: deselected by default; `make test-gpu` (`pytest -m gpu`) runs them,
+and they fail, not skip, where JAX sees no CUDA device: a GPU check that passes without a GPU proves nothing."""
 
 import functools
 import json
+import os
 import subprocess
 import sys
 
@@ -13,20 +14,28 @@ import pytest
 from conftest import REPO, run_diffrl
 
 pytestmark = pytest.mark.gpu
+# This test process keeps JAX on the CPU (conftest sets JAX_PLATFORMS=cpu); a child that inherited it
+# could never see the GPU.
+GPU_ENV = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
 
 
 @functools.cache
-def cuda_devices() -> int:
-    """CUDA devices JAX sees, asked in a subprocess (this test process keeps JAX on the CPU)."""
+def cuda_devices() -> tuple[int, str]:
+    """(CUDA devices JAX sees, why none when none), asked in a subprocess."""
     code = "import jax; print(len(jax.devices('cuda')))"
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
-    return int(proc.stdout.strip()) if proc.returncode == 0 and proc.stdout.strip().isdigit() else 0
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, env=GPU_ENV, timeout=300
+    )
+    if proc.returncode == 0 and proc.stdout.strip().isdigit():
+        return int(proc.stdout.strip()), ""
+    return 0, (proc.stderr.strip().splitlines() or ["no output"])[-1]
 
 
 @pytest.fixture(autouse=True)
 def needs_a_gpu():
-    if not cuda_devices():
-        pytest.skip('no CUDA device visible to JAX (needs a GPU and `pip install -e ".[gpu]"`)')
+    count, why = cuda_devices()
+    if not count:
+        pytest.fail(f'no CUDA device visible to JAX ({why}); needs a GPU and `pip install -e ".[gpu]"`')
 
 
 @pytest.mark.parametrize(
@@ -69,6 +78,8 @@ key = jax.random.PRNGKey(0)
 on = {p: np.asarray(jax.jit(rollout, device=jax.devices(p)[0])(key)) for p in ("cpu", "cuda")}
 print(float(np.max(np.abs(on["cpu"] - on["cuda"]) / (1 + np.abs(on["cpu"])))))
 """
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, env=GPU_ENV, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert float(proc.stdout.strip().splitlines()[-1]) < 1e-3  # float32 on two devices: round-off only

@@ -4,13 +4,10 @@ and episodes that end early (terminations, not bootstrapped) vs at the time limi
 import jax
 import numpy as np
 import pytest
+from stable_baselines3.common.env_checker import check_env  # the dev extra installs SB3: a test, never a skip
 
-pytest.importorskip("stable_baselines3")
-
-from stable_baselines3.common.env_checker import check_env  # noqa: E402
-
-from diffrl.baselines.vec_env import JaxVecEnv, SingleEnvView  # noqa: E402
-from diffrl.envs import make_env  # noqa: E402
+from diffrl.baselines.vec_env import JaxVecEnv, SingleEnvView
+from diffrl.envs import make_env
 
 EPISODE = 5
 

@@ -62,7 +62,7 @@ def start_held_run(outputs, overrides, log_file):
     return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log_file, stderr=subprocess.STDOUT)
 
 
-def wait_until_held(proc, outputs, output_file, timeout=600):
+def wait_until_held(proc, outputs, output_file, timeout=1800):
     """The run directory of ``proc`` once its log says it holds at its checkpoint."""
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -98,7 +98,7 @@ def assert_same_tree(got, want):
 )
 def test_a_run_killed_after_a_checkpoint_resumes_to_the_uninterrupted_run_bit_for_bit(algo, tmp_path):
     overrides = (*SMALL, *ALGOS[algo])
-    run_diffrl("train", *overrides, cwd=tmp_path / "clean", timeout=600)  # first: it fills the compile cache
+    run_diffrl("train", *overrides, cwd=tmp_path / "clean", timeout=1800)  # first: it fills the compile cache
     (clean_dir,) = (tmp_path / "clean" / "outputs").glob("train/*/*")
 
     killed = tmp_path / "killed" / "outputs"
@@ -113,7 +113,7 @@ def test_a_run_killed_after_a_checkpoint_resumes_to_the_uninterrupted_run_bit_fo
     assert proc.returncode == -signal.SIGKILL and not (run_dir / "summary.json").exists()
     assert [r["iteration"] for r in read_metrics(run_dir)] == [*([0] if algo == "ild" else []), 1]
 
-    run_diffrl("train", f"resume={run_dir}", cwd=tmp_path / "killed", timeout=600)
+    run_diffrl("train", f"resume={run_dir}", cwd=tmp_path / "killed", timeout=1800)
     log = (run_dir / "train.log").read_text()
     assert "resumed from iteration 1" in log
 

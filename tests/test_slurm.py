@@ -3,6 +3,10 @@ machine): submitted as a job array, one job told to checkpoint and requeue (Slur
 or preemption), one cancelled for good, one preempted by a higher-priority partition. The interrupted jobs
 end exactly where an uninterrupted run ends; the cancelled one is a named failure in the table.
 
+Every job holds after its checkpoint of iteration INTERRUPT_AFTER (``DIFFRL_HOLD_AT_CHECKPOINT``) until it is
+interrupted, so each interruption lands on a running job, however fast the machine (a 300-iteration run used
+to finish in 7 s, before the preemption that was meant for it).
+
 Slow (a few minutes): `make test-slurm`. It uses the local cluster if it is up; otherwise it brings one up, which
 needs root on Debian/Ubuntu (it installs and starts the daemons).
 """
@@ -15,24 +19,27 @@ import time
 
 import pytest
 
+from diffrl.run import HOLD_AT_CHECKPOINT
+
 from conftest import REPO, deterministic_part, read_metrics, run_diffrl
 
 pytestmark = pytest.mark.slow
 
 SEEDS = (0, 1, 2)
+ITERATIONS = 20
+INTERRUPT_AFTER = 10  # iterations checkpointed before a job is interrupted; each job holds there until then
 RUN = (
     "experiment=ceapg_table2",
     "env=acrobot",
     "algo=cem",
     "debug=smoke",
-    "iterations=300",
+    f"iterations={ITERATIONS}",
     "chunk_iterations=2",
     "env.episode_length=200",
     "logger.console.progress_bar=false",
 )
 # One CPU and 2 GB a job: two jobs share the 2-core node, the third waits in the array.
 SLURM = ("launcher=slurm", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=2", "hydra.launcher.timeout_min=20")
-INTERRUPT_AFTER = 10  # iterations checkpointed before a job is interrupted
 
 
 def cluster_is_up() -> bool:
@@ -89,7 +96,9 @@ def running_slurm_id(seed) -> str | None:
 
 
 def test_a_table_sweep_survives_requeue_preemption_and_a_cancelled_job(slurm_cluster, tmp_path):
-    env = {**os.environ, "DIFFRL_OUTPUTS": str(tmp_path / "slurm")}
+    # sbatch exports the submitting environment to the jobs (and to their requeued attempts, which resume
+    # from the held checkpoint and save later iterations only, so they never hold again).
+    env = {**os.environ, "DIFFRL_OUTPUTS": str(tmp_path / "slurm"), HOLD_AT_CHECKPOINT: str(INTERRUPT_AFTER)}
     sweep = subprocess.Popen(
         [sys.executable, "-m", "cli.main", "train", "-m", *RUN, f"seed={','.join(map(str, SEEDS))}", *SLURM],
         cwd=REPO,
@@ -139,7 +148,7 @@ def test_a_table_sweep_survives_requeue_preemption_and_a_cancelled_job(slurm_clu
     local_dir = tmp_path / "local" / "outputs" / "tables" / "table2_quick"
     for seed in (0, 2):
         interrupted, clean = read_metrics(job_dir(sweep_dir, seed)), read_metrics(job_dir(local_dir, seed))
-        assert [r["iteration"] for r in interrupted] == list(range(2, 301, 2))  # nothing lost, nothing repeated
+        assert [r["iteration"] for r in interrupted] == list(range(2, ITERATIONS + 1, 2))  # nothing lost or repeated
         assert [deterministic_part(r) for r in interrupted] == [deterministic_part(r) for r in clean]
 
     # The cancelled job failed for good, says so, and the table names it beside the two that finished.

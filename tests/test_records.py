@@ -46,7 +46,9 @@ def test_a_seed_sweep_of_a_table_leaves_one_complete_job_per_seed_and_one_cell_o
         summary = json.loads((job / "summary.json").read_text())
         assert summary["seed"] == seed and summary["status"] == "completed"
         metrics[job] = (job / "metrics.jsonl").read_text()
-    assert metrics[jobs[0]] != metrics[jobs[1]]  # two seed families, two different runs
+    # two seed families, two different runs: their returns differ (not only the wall-clock columns)
+    returns = [[row["return"] for row in read_metrics(job)] for job in jobs]
+    assert returns[0] != returns[1], returns
 
     table = run_diffrl("table", str(sweep), cwd=tmp_path).stdout
     assert "| CEM | " in table and "(4 seeds)" in table  # one cell: 2 vmapped seeds x 2 families

@@ -95,7 +95,10 @@ def running_slurm_id(seed) -> str | None:
     return next((jid for jid, state in squeue("%i", "%T") if jid.endswith(f"_{seed}") and state == "RUNNING"), None)
 
 
-def test_a_table_sweep_survives_requeue_preemption_and_a_cancelled_job(slurm_cluster, tmp_path):
+def test_a_table_sweep_survives_requeue_preemption_and_a_cancelled_job(slurm_cluster, tmp_path, monkeypatch):
+    # The Slurm jobs (one CPU each) and the local reference (every core) compare bit for bit only if their
+    # programs are the same: multi-threaded Eigen would split matmuls by the core count (docs/cluster.md).
+    monkeypatch.setenv("XLA_FLAGS", f"{os.environ.get('XLA_FLAGS', '')} --xla_cpu_multi_thread_eigen=false".strip())
     # sbatch exports the submitting environment to the jobs (and to their requeued attempts, which resume
     # from the held checkpoint and save later iterations only, so they never hold again).
     env = {**os.environ, "DIFFRL_OUTPUTS": str(tmp_path / "slurm"), HOLD_AT_CHECKPOINT: str(INTERRUPT_AFTER)}

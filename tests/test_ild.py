@@ -223,7 +223,6 @@ def imitation_config(cls, path: pathlib.Path, **options):
 
 
 STD_POLICY = {"name": "state_std_mlp", "hidden_sizes": [32, 32], "activation": "swish", "layer_norm": False}
-PENDULUM_LENGTH, PENDULUM_BC_STEPS, PENDULUM_UPDATES = 32, 20, 10
 
 
 def student(acrobot, options=POLICY):
@@ -316,43 +315,6 @@ def test_ild_closes_the_distance_to_the_demo_and_a_flipped_loss_does_not(teacher
         assert after < 0.6 * before, (before, after)
     else:
         assert after > 0.9 * before, (before, after)
-
-
-@pytest.mark.slow  # compiling ILD's gradient through MJX takes minutes on 2 CPU cores
-@pytest.mark.parametrize("sign", [1.0, -1.0], ids=["ild", "flipped_sign"])
-def test_ild_lowers_the_fixed_scale_distance_on_the_inverted_pendulum(sign, monkeypatch):
-    """ILD at its defaults (random resets, tanh of the batch mean, masked terminations, clipped inputs) on the
-    committed inverted-pendulum demo, after a short BC warm-up: a few updates lower the logged fixed-scale
-    distance; with the loss's sign flipped they raise it."""
-    import diffrl.algos.ild as ild_module
-    from diffrl.demo_file import default_demo_path
-
-    if sign < 0:
-        real = ild_module.trajectory_distance
-        monkeypatch.setattr(ild_module, "trajectory_distance", lambda *a, **k: -real(*a, **k))
-    env = make_env("inverted_pendulum", "mjx")
-    policy = make_policy({**STD_POLICY, "normalizer": {"variance_prior": 1.0, "clip": 5.0}}, 4, 1)
-    config = ILDConfig(
-        demo=str(default_demo_path("inverted_pendulum")),
-        task="inverted_pendulum",
-        backend="mjx",
-        episode_length=PENDULUM_LENGTH,
-        num_envs=4,
-        bc_steps=PENDULUM_BC_STEPS,
-    )
-    ild = ILD(env, policy, config)
-    state, _ = jax.jit(ild.warmup)(ild.init(jax.random.PRNGKey(0)))
-    before = distance_to_demo(ild, state)
-    step = jax.jit(ild.train_step)
-    for _ in range(PENDULUM_UPDATES):
-        state, metrics = step(state)
-    after = distance_to_demo(ild, state)
-    print(f"inverted pendulum, fixed-scale distance to the demo: {before:.4f} -> {after:.4f}")
-    assert int(metrics["nonfinite_grads"]) == 0
-    if sign > 0:
-        assert after < 0.8 * before, (before, after)
-    else:
-        assert after > 0.95 * before, (before, after)
 
 
 # --- the committed demos ------------------------------------------------------------------------------------

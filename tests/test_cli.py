@@ -193,6 +193,10 @@ TRAIN_REFUSALS = {
 }
 
 
+# In this process, Hydra must not point the logging handlers at the streams pytest captures and then closes.
+LEAVE_LOGGING_ALONE = ("hydra/job_logging=none", "hydra/hydra_logging=none")
+
+
 @pytest.mark.parametrize("name", TRAIN_REFUSALS)
 def test_every_refusal_is_one_line_before_any_training(name, tmp_path, capsys, monkeypatch):
     args, words = TRAIN_REFUSALS[name]
@@ -201,7 +205,7 @@ def test_every_refusal_is_one_line_before_any_training(name, tmp_path, capsys, m
     monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))  # hardware.devices may add to it
     monkeypatch.setattr(sys, "argv", list(sys.argv))  # the CLI hands its arguments to Hydra through it
     with pytest.raises(SystemExit) as exit_info:
-        diffrl_main(["train", *args, "logger.console.progress_bar=false"])
+        diffrl_main(["train", *args, "logger.console.progress_bar=false", *LEAVE_LOGGING_ALONE])
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert exit_info.value.code == 2 and line.startswith("diffrl train: error: ")
     assert words in line
@@ -224,6 +228,6 @@ def test_eval_of_a_directory_it_cannot_evaluate_is_one_line(make_dir, tmp_path, 
         OmegaConf.save(compose_train("algo=cem", "debug=smoke"), tmp_path / ".hydra" / "config.yaml")
     monkeypatch.setattr(sys, "argv", list(sys.argv))
     with pytest.raises(SystemExit) as exit_info:
-        diffrl_main(["eval", str(tmp_path)])
+        diffrl_main(["eval", str(tmp_path), *LEAVE_LOGGING_ALONE])
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert exit_info.value.code == 2 and line.startswith("diffrl eval: error: ")

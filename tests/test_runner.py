@@ -23,7 +23,7 @@ def test_train_writes_metrics_summary_and_checkpoints(fast_cfg, tmp_path):
     assert on_disk["final_return"]["mean"] == summary["final_return"]["mean"]
     assert len(on_disk["final_return"]["per_seed"]) == 2
     assert on_disk["backend"] == "analytic" and on_disk["versions"]["jax"]
-    assert on_disk["env_steps_per_seed"] == 4 * 24 * 50
+    assert on_disk["env_steps_per_seed"] == 4 * (24 + 1) * 50  # 24 candidates and the rollout of the mean reported
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == ["2", "4"]
 
 

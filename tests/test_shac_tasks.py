@@ -36,6 +36,8 @@ def test_every_shac_task_is_registered_with_its_config_and_observation_size(task
     assert traced.obs.shape == (env.observation_size,)
     expected = {"shac_cartpole": 5, "shac_ant": 37, "shac_hopper": 11, "shac_cheetah": 17, "shac_humanoid": 76}
     assert env.observation_size == expected[task]
+    actions = {"shac_cartpole": 1, "shac_ant": 8, "shac_hopper": 3, "shac_cheetah": 6, "shac_humanoid": 21}
+    assert env.action_size == actions[task]  # the authors' num_act
     assert env.dt == pytest.approx(1 / 60)
     assert cfg.env.episode_length == (240 if task == "shac_cartpole" else 1000)
 
@@ -83,6 +85,15 @@ def test_the_cheetah_pays_forward_speed_minus_effort_and_never_ends():
     obs = jnp.zeros(17).at[8].set(3.0)
     np.testing.assert_allclose(env.reward(obs, jnp.ones(6)), 3.0 - 0.6, rtol=1e-6)
     assert not env.terminated(obs.at[0].set(-5.0))
+    assert not env.episode_ends(obs.at[0].set(-5.0)) and env.episode_ends(obs.at[3].set(jnp.nan))
+
+
+@pytest.mark.parametrize("env_class", [ShacHopper, ShacCheetah])
+def test_a_planar_walker_observes_the_authors_joint_q_after_root_x_then_every_velocity(env_class):
+    env = env_class.__new__(env_class)
+    q, qd = jnp.arange(1.0, 1.0 + (env.observation_size + 1) // 2), -jnp.arange((env.observation_size + 1) // 2)
+    obs = env.observe(types.SimpleNamespace(q=q, qd=qd), last_action=None)
+    np.testing.assert_array_equal(obs, jnp.concatenate([q[1:], qd]))  # root x left out; its velocity kept
 
 
 def test_the_humanoid_reward_reads_up_and_heading_after_its_21_joints():
@@ -175,8 +186,10 @@ def test_checkpoints_keep_the_zero_size_arrays_of_mjx_states(tmp_path):
 
 
 # --- the rebuilt bodies (shared/SHAC_BODIES.md: dflex's masses at density 1000, every geom on the ground) ---
-DFLEX_TOTAL_MASS = {"shac_ant": 182.176, "shac_humanoid": 40.844}  # kg, the authors' model.py at density 1000
-DFLEX_CONTACT = {"shac_ant": (4e4, 4), "shac_humanoid": (2e4, 8)}  # dflex's ke; the stance contacts K0 assumes
+# kg, the authors' model.py at density 1000 (SHAC_BODIES.md §5)
+DFLEX_TOTAL_MASS = {"shac_ant": 182.176, "shac_hopper": 15.820, "shac_cheetah": 21.184, "shac_humanoid": 40.844}
+# dflex's ke; the stance contacts K0 assumes
+DFLEX_CONTACT = {"shac_ant": (4e4, 4), "shac_hopper": (2e4, 2), "shac_cheetah": (2e4, 2), "shac_humanoid": (2e4, 8)}
 
 
 def rebuilt_model(task):
@@ -265,6 +278,50 @@ def test_the_rebuilt_ant_is_the_authors_and_refuses_a_pipeline_without_soft_limi
     np.testing.assert_allclose(np.degrees(model.jnt_range[1:3]), [[-40, 40], [30, 100]], atol=1e-4)
     with pytest.raises(ValueError, match="mjx"):
         make_env("shac_ant", "generalized")
+
+
+def test_the_rebuilt_hopper_is_the_authors():
+    """hopper.py's parse_mjcf call: armature 1.0 on all 6 dofs, damping 2 + limit_kd 10 (root 0 + 10), torque
+    200 a; the start pose puts the torso at 1.25 with q_rootz = 0 and the foot 0.04 m above the ground."""
+    model = rebuilt_model("shac_hopper")
+    assert model.nq == model.nv == 6 and model.nu == 3 and not np.any(model.jnt_limited)
+    np.testing.assert_allclose(model.actuator_gear[:, 0], 200.0)
+    np.testing.assert_allclose(model.dof_armature, 1.0)
+    np.testing.assert_allclose(model.dof_damping, [10, 10, 10, 12, 12, 12])
+    np.testing.assert_allclose(model.jnt_range[3:], [[-2.61799, 0], [-2.61799, 0], [-0.785398, 0.785398]])
+    np.testing.assert_allclose(model.geom_friction[1:, 0], 0.9)  # dflex's mu on the foot too (the file says 2)
+    heights = start_heights(model, np.zeros(6))
+    assert heights["torso"] == pytest.approx(1.25) and heights["lowest"] == pytest.approx(0.04, abs=1e-6)
+
+
+def test_the_rebuilt_cheetah_is_the_authors():
+    """cheetah.py's parse_mjcf call: armature 0.1 on all 9 dofs, the file's springs to 0 and damping + 10, the
+    authors' ranges, torque 200 a on all six; root frame at 1.0, start root z -0.2: torso at 0.8."""
+    model = rebuilt_model("shac_cheetah")
+    assert model.nq == model.nv == 9 and model.nu == 6 and not np.any(model.jnt_limited)
+    np.testing.assert_allclose(model.actuator_gear[:, 0], 200.0)
+    np.testing.assert_allclose(model.dof_armature, 0.1)
+    np.testing.assert_allclose(model.jnt_stiffness, [0, 0, 0, 240, 180, 120, 180, 120, 60])
+    np.testing.assert_allclose(model.qpos_spring, 0.0)
+    np.testing.assert_allclose(model.dof_damping, [10, 10, 10, 16, 14.5, 13, 14.5, 13, 11.5])
+    ranges = [[-0.52, 1.05], [-0.785, 0.785], [-0.4, 0.785], [-1.5, 0.8], [-1.2, 1.1], [-3.1, -0.3]]
+    np.testing.assert_allclose(model.jnt_range[3:], ranges)
+    start = make_env("shac_cheetah", "mjx").sys.init_q
+    np.testing.assert_allclose(start, [0, -0.2, 0, 0, 0, 0, 0, 0, 0], atol=1e-7)
+    heights = start_heights(model, np.asarray(start))
+    assert heights["torso"] == pytest.approx(0.8) and heights["lowest"] == pytest.approx(0.176, abs=1e-3)
+
+
+def start_heights(model, qpos):
+    """The torso's height and the lowest geom point's in pose ``qpos``."""
+    import mujoco
+
+    data = mujoco.MjData(model)
+    data.qpos[:] = qpos
+    mujoco.mj_kinematics(model, data)
+    floor = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_GEOM, "floor")
+    lowest = min(geom_lowest_point(model, data, g) for g in range(model.ngeom) if g != floor)
+    return {"torso": data.xpos[1][2], "lowest": lowest}
 
 
 # --- SHAC as its authors had it (NVlabs/DiffRL models/, utils/running_mean_std.py, algorithms/shac.py) ---

@@ -5,8 +5,8 @@ Three suites share one registry:
   closed-form dynamics (``analytic``) or on any of Brax's pipelines;
 - ``brax``: Brax's built-in locomotion and control tasks (``brax.envs.get_environment``), with contacts,
   terminations and no closed form;
-- ``shac``: SHAC's locomotion tasks (its observations, rewards, terminations and timing on Brax's MuJoCo
-  bodies; ``shac_locomotion.py``, docs/shac_tasks.md).
+- ``shac``: SHAC's locomotion tasks (its observations, rewards, terminations and timing on the bodies its
+  authors' dflex simulated, re-specified for MJX; ``shac_locomotion.py``, docs/shac_tasks.md).
 
 ``make_env(name, backend)`` is the one way in. An unknown name, or a backend the task does not support,
 raises ``ValueError`` with one line naming the valid choices.
@@ -56,8 +56,8 @@ def _brax(name: str, backends: tuple[str, ...] = BRAX_PIPELINES) -> TaskSpec:
 
 
 def _shac(env_class: type[ShacLocomotionEnv]) -> TaskSpec:
-    backends = REBUILT_BACKENDS if env_class.body_xml else BRAX_PIPELINES  # rebuilt bodies: MJX only
-    return TaskSpec(env_class.name, "shac", backends, lambda backend: env_class(backend=backend))
+    # dflex's bodies, MJX only (the soft joint limits reach the physics through MJX's qfrc_applied)
+    return TaskSpec(env_class.name, "shac", REBUILT_BACKENDS, lambda backend: env_class(backend=backend))
 
 
 REGISTRY: dict[str, TaskSpec] = {

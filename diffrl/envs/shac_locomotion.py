@@ -1,12 +1,12 @@
 """SHAC's locomotion tasks (Xu et al., ICLR 2022; DiffRL ``envs/{ant,hopper,cheetah,humanoid}.py``) on
 MuJoCo bodies: the authors' observations, rewards, terminations, control step and reset noise.
 
-A task whose class names a ``body_xml`` runs on the body the authors' simulator, dflex, built
-(``diffrl/envs/assets/shac_*.xml``, from shared/SHAC_BODIES.md: density-1000 masses, dflex's torque
-scale, armature and damping, every geom in contact with the ground, its start pose), on MJX only; dflex's
-soft joint limits (a 1000 N m/rad spring outside the range) are applied here every substep
-(``soft_limit_torque``). The others still run on Brax's MJCF models, on any of Brax's pipelines.
-``docs/shac_tasks.md`` lists every difference from the authors' and why.
+Every task runs on the body the authors' simulator, dflex, built (``diffrl/envs/assets/shac_*.xml``, from
+shared/SHAC_BODIES.md: density-1000 masses, dflex's torque scale, armature and damping, every geom in
+contact with the ground, its start pose), on MJX only; dflex's soft joint limits (a 1000 N m/rad spring
+outside the range) are applied here every substep (``soft_limit_torque``). Brax's own MJCF bodies stay
+reachable as the Brax suite's ``ant``, ``hopper``, ``halfcheetah``, ``humanoid``. ``docs/shac_tasks.md``
+lists every difference from the authors' and why.
 
 Shared: control step 1/60 s in ``substeps`` physics steps; actions clipped to [-1, 1] and sent to the
 MJCF's motors; z up (dflex is y up: its "height" is our z, its "up_y" our up_z).
@@ -24,7 +24,6 @@ import numpy as np
 from brax import math as brax_math
 from brax.envs.base import PipelineEnv, State
 from brax.io import mjcf
-from etils import epath
 
 from diffrl.envs.brax_suite import replay_as_is
 
@@ -34,10 +33,6 @@ TARGET_X = 10000.0  # the authors' far-away target straight ahead: heading rewar
 
 DFLEX_LIMIT_STIFFNESS = 1000.0  # dflex's limit_ke (N m/rad) in all four tasks; its limit_kd is in the damping
 REBUILT_BACKENDS = ("mjx",)  # the soft limits reach the physics through MJX's qfrc_applied
-
-
-def brax_asset(file: str) -> str:
-    return str(epath.resource_path("brax") / "envs" / "assets" / file)
 
 
 def diffrl_asset(file: str) -> str:
@@ -78,28 +73,25 @@ class ShacLocomotionEnv(PipelineEnv):
     """What the four tasks share: timing, action clipping, the previous action in ``info``, the replay."""
 
     name: str
-    xml_file: str  # Brax's body (brax/envs/assets) unless body_xml names a rebuilt one
-    body_xml: str | None = None  # the authors' body as dflex simulated it (diffrl/envs/assets)
+    body_xml: str  # the authors' body as dflex simulated it (diffrl/envs/assets)
     substeps: int
     observation_size_: int
 
     def __init__(self, backend: str = "mjx", **kwargs):
-        self.limits = None
-        if self.body_xml is None:
-            sys = mjcf.load(brax_asset(self.xml_file))
-        else:
-            if backend not in REBUILT_BACKENDS:
-                raise ValueError(f"{self.name} runs on backend=mjx only (dflex's soft joint limits), not {backend!r}")
-            path = diffrl_asset(self.body_xml)
-            sys = mjcf.load(path)
-            self.limits = tuple(jnp.asarray(a) for a in soft_limits(mujoco.MjModel.from_xml_path(path)))
-        sys = sys.tree_replace({"opt.timestep": CONTROL_DT / self.substeps})
-        if backend == "mjx":
-            # As Brax's own ant and humanoid on MJX: without these the MJX step diverges to NaN within a few
-            # hundred random-action steps (measured on shac_ant). make_env then sets the solver's iterations.
-            sys = sys.tree_replace(
-                {"opt.solver": mujoco.mjtSolver.mjSOL_NEWTON, "opt.disableflags": mujoco.mjtDisableBit.mjDSBL_EULERDAMP}
-            )
+        if backend not in REBUILT_BACKENDS:
+            raise ValueError(f"{self.name} runs on backend=mjx only (dflex's soft joint limits), not {backend!r}")
+        path = diffrl_asset(self.body_xml)
+        self.limits = tuple(jnp.asarray(a) for a in soft_limits(mujoco.MjModel.from_xml_path(path)))
+        # As Brax's own ant and humanoid on MJX: without the Newton solver and explicit damping the MJX step
+        # diverges to NaN within a few hundred random-action steps (measured on shac_ant). make_env then sets
+        # the solver's iterations.
+        sys = mjcf.load(path).tree_replace(
+            {
+                "opt.timestep": CONTROL_DT / self.substeps,
+                "opt.solver": mujoco.mjtSolver.mjSOL_NEWTON,
+                "opt.disableflags": mujoco.mjtDisableBit.mjDSBL_EULERDAMP,
+            }
+        )
         super().__init__(sys=sys, backend=backend, n_frames=self.substeps, **kwargs)
 
     # --- what each task defines ---
@@ -113,13 +105,11 @@ class ShacLocomotionEnv(PipelineEnv):
         raise NotImplementedError
 
     def terminated(self, obs: jax.Array) -> jax.Array:
-        return jnp.zeros(())
+        return jnp.zeros((), bool)  # never ends (the cheetah): a flag for episode_ends
 
     def pipeline_step(self, pipeline_state, action: jax.Array):
-        """``substeps`` physics steps under one action; on a rebuilt body, dflex's soft-limit torque is
-        recomputed before every substep (dflex evaluates it inside each of its substeps)."""
-        if self.limits is None:
-            return super().pipeline_step(pipeline_state, action)
+        """``substeps`` physics steps under one action, dflex's soft-limit torque recomputed before every
+        substep (dflex evaluates it inside each of its substeps)."""
 
         def substep(state, _):
             state = state.replace(qfrc_applied=soft_limit_torque(state.qpos, self.sys.nv, self.limits))
@@ -229,8 +219,7 @@ class ShacAnt(FloatingTorsoEnv):
     """37 observations; reward v_x + 0.1 up_z + heading + (h - 0.27); ends when the torso is below 0.27.
     The authors' ant (assets/shac_ant.xml): 182 kg, torque 200 a, every geom touching the ground."""
 
-    name, xml_file, substeps, observation_size_ = "shac_ant", "ant.xml", 16, 37
-    body_xml = "shac_ant.xml"
+    name, body_xml, substeps, observation_size_ = "shac_ant", "shac_ant.xml", 16, 37
     termination_height = 0.27
 
     def reward(self, obs, action):
@@ -242,8 +231,7 @@ class ShacHumanoid(FloatingTorsoEnv):
     the torso is below 0.74. The authors' humanoid (assets/shac_humanoid.xml): 40.8 kg, 21 hinges with
     torques 0.35 x their strengths, every geom touching the ground, 48 substeps."""
 
-    name, xml_file, substeps, observation_size_ = "shac_humanoid", "humanoid.xml", 48, 76
-    body_xml = "shac_humanoid.xml"
+    name, body_xml, substeps, observation_size_ = "shac_humanoid", "shac_humanoid.xml", 48, 76
     termination_height = 0.74
 
     def reward(self, obs, action):
@@ -253,19 +241,30 @@ class ShacHumanoid(FloatingTorsoEnv):
         return obs[5] + 0.1 * up + heading + height - 0.002 * jnp.sum(action**2)
 
 
-class ShacHopper(ShacLocomotionEnv):
-    """11 observations (joint_q[1:], joint_qd); reward v_x + height term + (1 - (angle / (pi/6))^2)
-    - 0.1 |a|^2; ends when the torso has dropped 0.45 below its start."""
+class PlanarWalkerEnv(ShacLocomotionEnv):
+    """Hopper and Cheetah: a planar root (rootx, rootz slides, rooty hinge), observed as the authors'
+    ``joint_q[1:]`` and ``joint_qd``: root height and angle, joint angles, then every velocity (x first)."""
 
-    name, xml_file, substeps, observation_size_ = "shac_hopper", "hopper.xml", 8, 11
-    termination_height = -0.45  # root z relative to the start
-    termination_angle = math.pi / 6
+    reset_noise: float  # root x, z and every joint +-this; the root angle U(+-this)
+    velocity_noise: float
 
     def start_joints(self, key):
-        return planar_reset(self, key, noise=0.05, velocity_noise=0.05)
+        return planar_reset(self, key, noise=self.reset_noise, velocity_noise=self.velocity_noise)
 
     def observe(self, pipeline_state, last_action):
         return jnp.concatenate([pipeline_state.q[1:], pipeline_state.qd])
+
+
+class ShacHopper(PlanarWalkerEnv):
+    """11 observations (joint_q[1:], joint_qd); reward v_x + height term + (1 - (angle / (pi/6))^2)
+    - 0.1 |a|^2; ends when the torso has dropped 0.45 below its start (root z is 0 at the start height
+    1.25, as dflex's). The authors' hopper (assets/shac_hopper.xml): 15.8 kg, torque 200 a, armature 1 on
+    every dof, every geom touching the ground."""
+
+    name, body_xml, substeps, observation_size_ = "shac_hopper", "shac_hopper.xml", 16, 11
+    reset_noise, velocity_noise = 0.05, 0.05
+    termination_height = -0.45  # root z relative to the start
+    termination_angle = math.pi / 6
 
     def reward(self, obs, action):
         height = height_reward(jnp.clip(obs[0] - (self.termination_height + 0.15), -1.0, 0.3), scale=1.0)
@@ -276,16 +275,13 @@ class ShacHopper(ShacLocomotionEnv):
         return obs[0] < self.termination_height
 
 
-class ShacCheetah(ShacLocomotionEnv):
-    """17 observations (joint_q[1:], joint_qd); reward v_x - 0.1 |a|^2; no termination."""
+class ShacCheetah(PlanarWalkerEnv):
+    """17 observations (joint_q[1:], joint_qd); reward v_x - 0.1 |a|^2; no termination. The authors'
+    cheetah (assets/shac_cheetah.xml): 21.2 kg, torque 200 a on all six joints, joint springs, root z -0.2
+    at the start (torso at 0.8) as dflex's, every geom touching the ground."""
 
-    name, xml_file, substeps, observation_size_ = "shac_cheetah", "half_cheetah.xml", 2, 17
-
-    def start_joints(self, key):
-        return planar_reset(self, key, noise=0.1, velocity_noise=0.25)
-
-    def observe(self, pipeline_state, last_action):
-        return jnp.concatenate([pipeline_state.q[1:], pipeline_state.qd])
+    name, body_xml, substeps, observation_size_ = "shac_cheetah", "shac_cheetah.xml", 16, 17
+    reset_noise, velocity_noise = 0.1, 0.25
 
     def reward(self, obs, action):
         return obs[8] - 0.1 * jnp.sum(action**2)

@@ -60,14 +60,16 @@ bench: install ## benchmarks (not tests): env, gradient and wrapper speeds, PPO/
 	$(BIN)/python -m benchmarks.bench_shac --quick $(ARGS)
 	$(BIN)/python -m benchmarks.bench_devices --quick $(ARGS)
 
-table1: install ## CE-APG paper Table I (CE-APG, PPO, SAC, Brax APG x 3 tasks x 8 seeds): sweep, then table + curves; BUDGET=quick|paper LAUNCHER=local|joblib|slurm|submitit_local
+table1: install ## CE-APG paper Table I (CE-APG, PPO, SAC, Brax APG x 3 tasks x 8 seeds): sweep, then tables (the paper's final training return; evaluation/: diffrl's final evaluation) + curves; BUDGET=quick|paper LAUNCHER=local|joblib|slurm|submitit_local
 	$(BIN)/diffrl train -m experiment=ceapg_table1 budget=$(BUDGET) launcher=$(LAUNCHER) $(ARGS)
-	$(BIN)/diffrl table $(TABLES)/table1_$(BUDGET)
+	$(BIN)/diffrl table $(TABLES)/table1_$(BUDGET) --metric final_train_return
+	$(BIN)/diffrl table $(TABLES)/table1_$(BUDGET) --out $(TABLES)/table1_$(BUDGET)/evaluation
 	$(BIN)/diffrl plot $(TABLES)/table1_$(BUDGET)
 
-table2: install ## CE-APG paper Table II (CE-APG, PAPG, CEM x 3 tasks x 8 seeds): sweep, then table + curves; BUDGET, LAUNCHER as table1
+table2: install ## CE-APG paper Table II (CE-APG, PAPG, CEM x 3 tasks x 8 seeds): sweep, then tables as table1 + curves; BUDGET, LAUNCHER as table1
 	$(BIN)/diffrl train -m experiment=ceapg_table2 budget=$(BUDGET) launcher=$(LAUNCHER) $(ARGS)
-	$(BIN)/diffrl table $(TABLES)/table2_$(BUDGET)
+	$(BIN)/diffrl table $(TABLES)/table2_$(BUDGET) --metric final_train_return
+	$(BIN)/diffrl table $(TABLES)/table2_$(BUDGET) --out $(TABLES)/table2_$(BUDGET)/evaluation
 	$(BIN)/diffrl plot $(TABLES)/table2_$(BUDGET)
 
 shac: install ## SHAC paper Fig. 4 (SHAC, BPTT, PPO, SAC x SHAC's 5 tasks): sweep, then table + curves vs steps and wall clock; BUDGET, LAUNCHER as table1
@@ -85,7 +87,7 @@ demos: install ## remake the committed expert demos of ILD's tasks (ILD_TASKS) i
 	done
 	$(BIN)/python tools/demo_table.py --demos $(DEMO_DIR)
 
-ild: install ## ILD paper figure (ILD, ILD-L2, BC x ILD's tasks, committed demos): sweep, then table + curves; BUDGET, LAUNCHER as table1
+ild: install ## ILD paper figure (ILD, ILD-L2, BC x ILD's tasks, committed demos): sweep, then tables as table1 + curves; BUDGET, LAUNCHER as table1
 	$(BIN)/diffrl train -m experiment=ild_fig budget=$(BUDGET) launcher=$(LAUNCHER) $(ARGS)
 	$(BIN)/diffrl table $(TABLES)/ild_fig_$(BUDGET)
 	$(BIN)/diffrl table $(TABLES)/ild_fig_$(BUDGET) --metric final_sampled_return --out $(TABLES)/ild_fig_$(BUDGET)/sampled

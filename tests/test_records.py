@@ -234,6 +234,21 @@ def test_the_readme_shows_the_committed_result_files():
     assert sync_readme.synced(ild) == ild, "docs/ild.md out of sync: run `make readme`"
 
 
+@pytest.mark.parametrize("table", ["table2"])
+def test_the_ceapg_tables_lead_with_the_papers_metric(table):
+    """CE-APG's tables report what the paper reports, each seed's final training return, and diffrl's final
+    evaluation beside it: `make table1|table2` writes both, the committed results and the README show both."""
+    makefile = (REPO / "Makefile").read_text()
+    sweep = f"$(TABLES)/{table}_$(BUDGET)"
+    assert f"diffrl table {sweep} --metric final_train_return\n" in makefile
+    assert f"diffrl table {sweep} --out {sweep}/evaluation\n" in makefile
+    results = REPO / "docs" / "results" / f"{table}_quick"
+    assert "each seed's final training return;" in (results / "results.md").read_text().splitlines()[0]
+    assert "final evaluation return" in (results / "evaluation" / "results.md").read_text().splitlines()[0]
+    sources = {source for _, source, *_ in sync_readme.BLOCK.findall((REPO / "README.md").read_text())}
+    assert {f"docs/results/{table}_quick/results.md", f"docs/results/{table}_quick/evaluation/results.md"} <= sources
+
+
 def test_sync_readme_refills_a_block_from_its_file(tmp_path):
     (tmp_path / "table.md").write_text("| new |\n")
     readme = tmp_path / "README.md"

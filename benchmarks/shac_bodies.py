@@ -227,7 +227,9 @@ def substep_study(task: str, substeps: list[int], envs: int, seconds: float = 1.
     return rows
 
 
-def measure(task: str, substeps: list[int] | None, envs: int, previous: dict | None = None) -> dict:
+def measure(
+    task: str, substeps: list[int] | None, envs: int, previous: dict | None = None, seconds: float = 1.0
+) -> dict:
     """Mass, standing torque, contact mapping and rest penetration; then the substep study, or (``substeps``
     empty) ``previous``'s rows kept."""
     model = model_of(task)
@@ -249,7 +251,7 @@ def measure(task: str, substeps: list[int] | None, envs: int, previous: dict | N
     if substeps == []:
         result["substeps"] = (previous or {}).get("substeps", [])
     else:
-        result["substeps"] = substep_study(task, substeps or SUBSTEPS[task], envs)
+        result["substeps"] = substep_study(task, substeps or SUBSTEPS[task], envs, seconds)
     return result
 
 
@@ -262,13 +264,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tasks", nargs="+", default=sorted(DFLEX))
     parser.add_argument("--substeps", nargs="+", type=int, default=None, help="default: the task's SUBSTEPS")
     parser.add_argument("--envs", type=int, default=16)
+    parser.add_argument("--seconds", type=float, default=1.0, help="length of the substep study's rollouts")
     parser.add_argument("--static-only", action="store_true", help="skip the substep study; keep the file's rows")
     parser.add_argument("--out", type=pathlib.Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
     kept = {r["task"]: r for r in json.loads(args.out.read_text())} if args.out.exists() else {}
     substeps = [] if args.static_only else args.substeps
     for task in args.tasks:
-        kept[task] = measure(task, substeps, args.envs, kept.get(task))
+        kept[task] = measure(task, substeps, args.envs, kept.get(task), args.seconds)
     results = [kept[task] for task in DFLEX if task in kept]  # the file in a fixed task order
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1) + "\n")

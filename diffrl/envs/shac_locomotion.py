@@ -223,7 +223,16 @@ class ShacAnt(FloatingTorsoEnv):
     termination_height = 0.27
 
     def reward(self, obs, action):
-        return obs[5] + 0.1 * obs[27] + obs[28] + (obs[0] - self.termination_height)
+        return sum(self.reward_terms(obs, action).values())
+
+    def reward_terms(self, obs, action) -> dict[str, jax.Array]:
+        """The reward's terms, in the authors' order (no action cost): where a return comes from."""
+        return {
+            "forward_velocity": obs[5],
+            "up": 0.1 * obs[27],
+            "heading": obs[28],
+            "height": obs[0] - self.termination_height,
+        }
 
 
 class ShacHumanoid(FloatingTorsoEnv):

@@ -32,7 +32,8 @@ from diffrl.networks.base import Carry, NormalizerState, Params, Policy
 @dataclasses.dataclass(frozen=True)
 class GradientOptions:
     truncation: int | None = None  # stop the gradient through the state every k steps (SHAC-like windows)
-    step_clip: float | None = None  # clip the per-step cotangent of the state to this global norm (ILD)
+    step_clip: float | None = None  # clip the per-step cotangent of the state to this global norm, and cut a
+    # step whose backward pass is not finite (ILD)
     checkpoint: bool = False  # rematerialise each step on the backward pass: O(T) memory of the carry only
 
 
@@ -68,6 +69,36 @@ def clip_cotangent(tree, max_norm: float):
     idx = [i for i, leaf in enumerate(leaves) if _is_float(leaf)]
     clipped = _clip_cotangent_leaves([leaves[i] for i in idx], max_norm)
     for i, leaf in zip(idx, clipped):
+        leaves[i] = leaf
+    return jax.tree.unflatten(treedef, leaves)
+
+
+@jax.custom_vjp
+def _finite_cotangent_leaves(leaves: list) -> list:
+    return leaves
+
+
+def _finite_fwd(leaves):
+    return leaves, None
+
+
+def _finite_bwd(_, cotangents):
+    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in cotangents]))
+    return ([jnp.where(finite, g, jnp.zeros_like(g)) for g in cotangents],)
+
+
+_finite_cotangent_leaves.defvjp(_finite_fwd, _finite_bwd)
+
+
+def finite_cotangent(tree):
+    """Identity on the forward pass; on the backward pass a cotangent of ``tree``'s float leaves that is not
+    finite anywhere becomes zero in all of them: that step passes no gradient further back (a truncation
+    there), instead of a NaN that would void the whole update. MJX's one-iteration constraint solver can
+    return a NaN cotangent from a step whose forward values are finite (ILD on the inverted pendulum)."""
+    leaves, treedef = jax.tree.flatten(tree)
+    idx = [i for i, leaf in enumerate(leaves) if _is_float(leaf)]
+    guarded = _finite_cotangent_leaves([leaves[i] for i in idx])
+    for i, leaf in zip(idx, guarded):
         leaves[i] = leaf
     return jax.tree.unflatten(treedef, leaves)
 
@@ -157,7 +188,10 @@ def unroll(
             state, hidden = clip_cotangent((state, hidden), gradients.step_clip)
         key, action_key = jax.random.split(carry.key) if sample else (carry.key, None)
         hidden, action = policy.act(params, normalizer, hidden, state.obs, action_key)
-        next_state = env.step(state, action)
+        # With per-step clipping (ILD) a step whose backward pass is not finite is cut there (the authors'
+        # per-step clip zeroed NaN entries, nan_to_num; here the whole step's cotangent goes to zero).
+        step_state, action = finite_cotangent((state, action)) if gradients.step_clip else (state, action)
+        next_state = env.step(step_state, action)
         # Some tasks return Python floats (Brax's inverted pendulum pays `1.0`): keep the carry's dtypes.
         next_state = next_state.replace(
             reward=jnp.asarray(next_state.reward, state.reward.dtype),

@@ -141,3 +141,41 @@ def test_a_real_task_terminates_and_evaluation_reports_the_episode_length(invert
     np.testing.assert_allclose(out["return"], out["length"])
     ret = jax.jit(lambda s: episode_return(env, policy, params, policy.init_normalizer(), s, 200))
     assert float(ret(env.reset(jax.random.PRNGKey(5)))) < 200
+
+
+class SingularForward(Countdown):
+    """Countdown whose step has a finite forward but a NaN backward while the age is below 2.5 (0 x inf, as
+    MJX's one-iteration line search gives at an inactive constraint); reward = the action."""
+
+    def step(self, state, action):
+        state = super().step(state, action)
+        dead_term = 0.0 * jnp.sqrt(jnp.maximum(state.pipeline_state - 2.5, 0.0))  # d/d age: 0 x inf = NaN
+        # The age depends on the action (by 0), so the NaN reaches the policy's parameters.
+        return state.replace(pipeline_state=state.pipeline_state + 0.0 * action[0], reward=action[0] + dead_term)
+
+
+class Linear(nn.Module):
+    @nn.compact
+    def __call__(self, carry, obs):
+        return carry, self.param("w", nn.initializers.ones, (1,)) * obs
+
+
+def test_per_step_clipping_cuts_a_step_whose_backward_pass_is_not_finite():
+    """ILD's per-step clip: a step whose backward is NaN (its forward finite) passes no gradient, the others
+    theirs. Reward_t = w * obs_t, obs_t = t; steps 0 and 1 are singular, so d return / d w = 2 + 3 + 4 + 5."""
+    from diffrl.rollout import GradientOptions
+
+    env, policy = SingularForward(lifetime=100), Policy("linear", Linear(), observation_size=1, action_size=1)
+    zero = jnp.zeros(())
+    first = State(pipeline_state=zero, obs=jnp.zeros(1), reward=zero, done=zero, info={})
+
+    def total(params, options):
+        carry = start_from(first, policy, jax.random.PRNGKey(0))
+        _, traj = unroll(env, policy, params, policy.init_normalizer(), carry, 6, gradients=options)
+        return jnp.sum(traj.reward)
+
+    params = policy.init(jax.random.PRNGKey(0))
+    plain = jax.jit(jax.grad(total), static_argnums=1)(params, GradientOptions())
+    assert not np.isfinite(plain["params"]["w"][0])  # the singular steps poison the plain gradient
+    cut = jax.jit(jax.grad(total), static_argnums=1)(params, GradientOptions(step_clip=1e6))
+    np.testing.assert_allclose(cut["params"]["w"], [14.0])

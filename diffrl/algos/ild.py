@@ -17,7 +17,8 @@ ILD, per iteration:
    loss), or the mean of per-rollout tanh (diffrl's earlier choice);
 4. one Adam step, the gradient flowing back through time as the authors let it: each step's state cotangent
    clipped to norm ``grad.step_clip`` (1), cut every ``grad.truncation`` (10) steps, the update clipped to
-   global norm ``grad.clip_norm`` (0.3); a non-finite update is skipped and counted;
+   global norm ``grad.clip_norm`` (0.3); a step whose backward pass is not finite passes no gradient
+   (``diffrl.rollout.finite_cotangent``), and an update still not finite is skipped and counted;
 5. the state statistics fold in the rollouts' states.
 Before the first iteration, ``warmup`` runs ``bc_steps`` (1000) steps of behaviour cloning on the demos. The
 policy's observation normaliser holds the demos' statistics and stays fixed (docs/ild.md: why).

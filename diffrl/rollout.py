@@ -74,30 +74,39 @@ def clip_cotangent(tree, max_norm: float):
 
 
 @jax.custom_vjp
-def _finite_cotangent_leaves(leaves: list) -> list:
+def _finite_cotangent_leaves(leaves: list, cut_probe: jax.Array) -> list:
     return leaves
 
 
-def _finite_fwd(leaves):
-    return leaves, None
+def _finite_fwd(leaves, cut_probe):
+    return leaves, cut_probe
 
 
-def _finite_bwd(_, cotangents):
+def _finite_bwd(cut_probe, cotangents):
     finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in cotangents]))
-    return ([jnp.where(finite, g, jnp.zeros_like(g)) for g in cotangents],)
+    # The probe's cotangent reports the cut: 1 where this step's cotangent was zeroed, 0 where it passed.
+    cut = jnp.broadcast_to((~finite).astype(cut_probe.dtype), cut_probe.shape)
+    return [jnp.where(finite, g, jnp.zeros_like(g)) for g in cotangents], cut
 
 
 _finite_cotangent_leaves.defvjp(_finite_fwd, _finite_bwd)
 
 
-def finite_cotangent(tree):
+def finite_cotangent(tree, cut_probe: jax.Array | None = None):
     """Identity on the forward pass; on the backward pass a cotangent of ``tree``'s float leaves that is not
     finite anywhere becomes zero in all of them: that step passes no gradient further back (a truncation
     there), instead of a NaN that would void the whole update. MJX's one-iteration constraint solver can
-    return a NaN cotangent from a step whose forward values are finite (ILD on the inverted pendulum)."""
+    return a NaN cotangent from a step whose forward values are finite (ILD on the inverted pendulum).
+
+    ``cut_probe``: a float scalar (0) the forward ignores; its gradient counts the cuts. A cut is a fact of the
+    backward pass alone, so the count can only come out of it: each cut step adds 1 to the probe's
+    cotangent, and JAX sums that over the steps of a scan and the members of a vmap that share the probe (a
+    vmapped rollout that depends on nothing batched is computed once, so it counts once)."""
+    if cut_probe is None:
+        cut_probe = jnp.zeros(())
     leaves, treedef = jax.tree.flatten(tree)
     idx = [i for i, leaf in enumerate(leaves) if _is_float(leaf)]
-    guarded = _finite_cotangent_leaves([leaves[i] for i in idx])
+    guarded = _finite_cotangent_leaves([leaves[i] for i in idx], cut_probe)
     for i, leaf in zip(idx, guarded):
         leaves[i] = leaf
     return jax.tree.unflatten(treedef, leaves)
@@ -158,6 +167,7 @@ def unroll(
     deterministic: bool = True,
     gradients: GradientOptions = NO_GRADIENT_OPTIONS,
     record_pipeline_state: bool | Callable[[Any], Any] = False,
+    cut_probe: jax.Array | None = None,
 ) -> tuple[RolloutCarry, Trajectory]:
     """Runs ``length`` control steps from ``carry``; returns (carry after them, per-step trajectory).
 
@@ -167,7 +177,11 @@ def unroll(
     at the beginning of the unroll (one ``reset`` per unroll instead of one per step).
     ``record_pipeline_state``: ``True`` records each step's physics state; a function records what it returns
     of it instead (e.g. a flat vector of body states: an MJX state holds far more than a rollout needs).
+    ``cut_probe``: a zero scalar whose gradient counts the steps whose backward pass ``finite_cotangent`` cut
+    (needs ``gradients.step_clip``, which turns the cut on).
     """
+    if cut_probe is not None and not gradients.step_clip:
+        raise ValueError("unroll: cut_probe counts the steps finite_cotangent cuts, which needs gradients.step_clip")
     sample = policy.stochastic and not deterministic
     recorded = (
         record_pipeline_state
@@ -190,7 +204,7 @@ def unroll(
         hidden, action = policy.act(params, normalizer, hidden, state.obs, action_key)
         # With per-step clipping (ILD) a step whose backward pass is not finite is cut there (the authors'
         # per-step clip zeroed NaN entries, nan_to_num; here the whole step's cotangent goes to zero).
-        step_state, action = finite_cotangent((state, action)) if gradients.step_clip else (state, action)
+        step_state, action = finite_cotangent((state, action), cut_probe) if gradients.step_clip else (state, action)
         next_state = env.step(step_state, action)
         # Some tasks return Python floats (Brax's inverted pendulum pays `1.0`): keep the carry's dtypes.
         next_state = next_state.replace(
@@ -237,9 +251,11 @@ def episode(
     gradients: GradientOptions = NO_GRADIENT_OPTIONS,
     record_pipeline_state: bool | Callable[[Any], Any] = False,
     action_key: jax.Array | None = None,
+    cut_probe: jax.Array | None = None,
 ) -> Trajectory:
     """One episode of at most ``length`` steps from ``start_state``, masked after it ends: deterministic, or
-    sampling a stochastic policy's actions with ``action_key`` (ILD's rollouts, an expert's demos)."""
+    sampling a stochastic policy's actions with ``action_key`` (ILD's rollouts, an expert's demos).
+    ``cut_probe``: as in ``unroll``."""
     key = jax.random.PRNGKey(0) if action_key is None else action_key
     _, trajectory = unroll(
         env,
@@ -252,6 +268,7 @@ def episode(
         deterministic=action_key is None,
         gradients=gradients,
         record_pipeline_state=record_pipeline_state,
+        cut_probe=cut_probe,
     )
     return trajectory
 

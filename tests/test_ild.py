@@ -311,10 +311,31 @@ def test_ild_closes_the_distance_to_the_demo_and_a_flipped_loss_does_not(teacher
     after = distance_to_demo(ild, state)
     print(f"distance to the demo: {before:.4f} -> {after:.4f}")
     assert int(metrics["nonfinite_grads"]) == 0
+    assert metrics["nonfinite_cut_steps"].dtype == jnp.int32 and 0 <= int(metrics["nonfinite_cut_steps"]) <= 4 * LENGTH
     if sign > 0:
         assert after < 0.6 * before, (before, after)
     else:
         assert after > 0.9 * before, (before, after)
+
+
+def test_ild_counts_the_rollout_steps_whose_backward_pass_was_cut(teacher_demo, acrobot, monkeypatch):
+    """Issue 23: cuts are counted, not silent. A state feature whose backward pass is NaN (0 x sqrt'(0), its
+    forward finite) at every step cuts every step of every rollout: num_envs x episode_length, and the update
+    (a zero gradient) is not skipped."""
+    import diffrl.algos.ild as ild_module
+
+    real = ild_module.state_features
+
+    def singular(pipeline_state):
+        features = real(pipeline_state)
+        return features + 0.0 * jnp.sqrt(jnp.maximum(features - 1e6, 0.0))
+
+    monkeypatch.setattr(ild_module, "state_features", singular)
+    config = dataclasses.replace(imitation_config(ILDConfig, teacher_demo, num_envs=2, bc_steps=0), episode_length=16)
+    ild = ILD(acrobot, student(acrobot), config)
+    _, metrics = jax.jit(ild.train_step)(ild.init(jax.random.PRNGKey(0)))
+    assert int(metrics["nonfinite_cut_steps"]) == 2 * 16
+    assert int(metrics["nonfinite_grads"]) == 0
 
 
 # --- the committed demos ------------------------------------------------------------------------------------
@@ -396,6 +417,7 @@ def test_a_run_warms_up_with_bc_logs_it_as_iteration_0_and_evaluates_over_the_de
     assert warmup["bc_loss_final"] < warmup["bc_loss_initial"]
     assert warmup["bc_policy_std_final"] < warmup["bc_policy_std_initial"]  # the sampled BC trains the std
     assert [row["iteration"] for row in iterations] == [1, 2] and len(iterations[-1]["return"]) == 2
+    assert all(isinstance(row["nonfinite_cut_steps"], int) for row in iterations)  # summed per chunk
     assert summary["final_episode_length"]["mean"] == LENGTH  # the acrobot never terminates: whole 64-step episodes
     assert summary["effective"]["algo"]["demo"] == str(teacher_demo)
     # Both final evaluations: deterministic (diffrl's) and with sampled actions (the authors': 128 resets).

@@ -179,3 +179,43 @@ def test_per_step_clipping_cuts_a_step_whose_backward_pass_is_not_finite():
     assert not np.isfinite(plain["params"]["w"][0])  # the singular steps poison the plain gradient
     cut = jax.jit(jax.grad(total), static_argnums=1)(params, GradientOptions(step_clip=1e6))
     np.testing.assert_allclose(cut["params"]["w"], [14.0])
+
+
+@pytest.mark.parametrize("checkpoint", [False, True], ids=["plain", "checkpointed"])
+def test_the_cut_probes_gradient_counts_the_steps_whose_backward_pass_was_cut(checkpoint):
+    """Issue 23: cuts are counted, not silent. Steps 0 and 1 of SingularForward are singular, the rest are not:
+    the zero probe's gradient is 2 per rollout, summed over a vmapped batch of 3 rollouts whose observations
+    start at 0, 1, 2 (and 0 for a clean env)."""
+    from diffrl.rollout import GradientOptions
+
+    policy = Policy("linear", Linear(), observation_size=1, action_size=1)
+    params, options = policy.init(jax.random.PRNGKey(0)), GradientOptions(step_clip=1e6, checkpoint=checkpoint)
+    zero = jnp.zeros(3)
+    firsts = State(pipeline_state=zero, obs=jnp.arange(3.0)[:, None], reward=zero, done=zero, info={})
+
+    def cuts(env):
+        def total(params, probe, first):
+            carry = start_from(first, policy, jax.random.PRNGKey(0))
+            _, traj = unroll(
+                env, policy, params, policy.init_normalizer(), carry, 6, gradients=options, cut_probe=probe
+            )
+            return jnp.sum(traj.reward)
+
+        def batch_total(params, probe):
+            return jnp.sum(jax.vmap(total, (None, None, 0))(params, probe, firsts))
+
+        grads, count = jax.jit(jax.grad(batch_total, argnums=(0, 1)))(params, jnp.zeros(()))
+        return grads, float(count)
+
+    grads, count = cuts(SingularForward(lifetime=100))
+    assert count == 6.0
+    # Counting leaves the gradient as it was: steps 2..5 pass obs_t = o + t each, (14 + 4 o) summed over o = 0, 1, 2.
+    np.testing.assert_allclose(grads["params"]["w"], [54.0])
+    assert cuts(Countdown(lifetime=100))[1] == 0.0
+
+
+def test_a_cut_probe_without_step_clipping_is_refused_in_one_line():
+    env, policy = Countdown(lifetime=5), Policy("linear", Linear(), observation_size=1, action_size=1)
+    params, carry = policy.init(jax.random.PRNGKey(0)), start(env, policy, jax.random.PRNGKey(0))
+    with pytest.raises(ValueError, match="needs gradients.step_clip"):
+        unroll(env, policy, params, policy.init_normalizer(), carry, 3, cut_probe=jnp.zeros(()))

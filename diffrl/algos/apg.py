@@ -73,6 +73,13 @@ def guarded_update(loss_fn, params, opt_state, optimizer, clip: optax.GradientTr
     gradient is not finite is skipped (``optimizer`` is wrapped in ``optax.apply_if_finite``) and counted.
     Returns (params, optimizer state, loss, aux, ``UpdateStats``). Every first-order algorithm steps so."""
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    params, opt_state, stats = guarded_step(grads, loss, params, opt_state, optimizer, clip)
+    return params, opt_state, loss, aux, stats
+
+
+def guarded_step(grads, loss, params, opt_state, optimizer, clip: optax.GradientTransformation):
+    """``guarded_update`` from a gradient already taken (ILD takes it together with its cut count);
+    returns (params, optimizer state, ``UpdateStats``)."""
     # A non-finite loss can still have a finite gradient (e.g. masked by a `where`): the update is garbage
     # all the same, so it is marked non-finite and skipped.
     grads = jax.tree.map(lambda g: jnp.where(jnp.isfinite(loss), g, jnp.nan), grads)
@@ -84,7 +91,7 @@ def guarded_update(loss_fn, params, opt_state, optimizer, clip: optax.GradientTr
         clipped_grad_norm=optax.global_norm(clipped),
         nonfinite=(~all_finite).astype(jnp.int32),
     )
-    return optax.apply_updates(params, updates), opt_state, loss, aux, stats
+    return optax.apply_updates(params, updates), opt_state, stats
 
 
 def make_clip(grad: GradientConfig) -> optax.GradientTransformation:

@@ -18,7 +18,8 @@ ILD, per iteration:
 4. one Adam step, the gradient flowing back through time as the authors let it: each step's state cotangent
    clipped to norm ``grad.step_clip`` (1), cut every ``grad.truncation`` (10) steps, the update clipped to
    global norm ``grad.clip_norm`` (0.3); a step whose backward pass is not finite passes no gradient
-   (``diffrl.rollout.finite_cotangent``), and an update still not finite is skipped and counted;
+   (``diffrl.rollout.finite_cotangent``; counted: ``nonfinite_cut_steps``), and an update still not finite is
+   skipped and counted (``nonfinite_grads``);
 5. the state statistics fold in the rollouts' states.
 Before the first iteration, ``warmup`` runs ``bc_steps`` (1000) steps of behaviour cloning on the demos. The
 policy's observation normaliser holds the demos' statistics and stays fixed (docs/ild.md: why).
@@ -46,7 +47,7 @@ from brax.envs.base import Env
 from brax.training.acme import running_statistics, specs
 from flax import struct
 
-from diffrl.algos.apg import APGCore, GradientConfig, UpdateStats, guarded_update, nonfinite_streak
+from diffrl.algos.apg import APGCore, GradientConfig, UpdateStats, guarded_step, guarded_update, nonfinite_streak
 from diffrl.algos.trajectory_distance import DISTANCES, trajectory_distance
 from diffrl.demo_file import DemoError, Demos, check_demos_fit, load_demos, state_features
 from diffrl.networks.base import NormalizerState, Params, Policy
@@ -249,9 +250,12 @@ class Imitation:
         """The observation normaliser, started from the demos' observations (what BC sees)."""
         return self.policy.update_normalizer(self.policy.init_normalizer(), self.demos.observation)
 
-    def rollout(self, flat, normalizer, start_state, key, deterministic: bool) -> Trajectory:
+    def rollout(self, flat, normalizer, start_state, key, deterministic: bool, cut_probe=None) -> Trajectory:
         """One ``episode_length``-step episode from ``start_state``, through ``algo.grad``'s gradient options;
-        its ``pipeline_state`` holds each step's ``state_features``."""
+        its ``pipeline_state`` holds each step's ``state_features``. ``cut_probe``'s gradient counts the steps
+        whose backward pass was cut (``diffrl.rollout.finite_cotangent``)."""
+        # Without grad.step_clip no step is cut: the probe goes unused and its gradient is 0.
+        cut_probe = cut_probe if self.core.grad.step_clip else None
         return episode(
             self.env,
             self.policy,
@@ -262,13 +266,15 @@ class Imitation:
             self.core.grad.rollout_options,
             record_pipeline_state=state_features,
             action_key=None if deterministic else key,
+            cut_probe=cut_probe,
         )
 
-    def rollouts(self, flat, normalizer, start_keys, key) -> Trajectory:
-        """[N, T]: sampled rollouts from the N start states."""
+    def rollouts(self, flat, normalizer, start_keys, key, cut_probe=None) -> Trajectory:
+        """[N, T]: sampled rollouts from the N start states (sharing ``cut_probe``: its gradient sums their cuts)."""
         keys = jax.random.split(key, start_keys.shape[0])
         starts = self.start_states(start_keys)
-        return jax.vmap(lambda s, k: self.rollout(flat, normalizer, s, k, deterministic=False))(starts, keys)
+        rollout = lambda s, k: self.rollout(flat, normalizer, s, k, deterministic=False, cut_probe=cut_probe)  # noqa: E731
+        return jax.vmap(rollout)(starts, keys)
 
     def distances(self, states, valid, statistics: NormalizerState, kind: str) -> jax.Array:
         """[N, T, F] rollout states (their ``valid`` ones) -> [N] distances to the nearest demo, all normalised
@@ -435,16 +441,20 @@ class ILD(Imitation):
         c = self.config
         key, rollout_key = jax.random.split(state.key)
 
-        def loss(flat):
-            trajectory = self.rollouts(flat, state.normalizer, state.start_keys, rollout_key)
+        def loss(flat, cut_probe):
+            trajectory = self.rollouts(flat, state.normalizer, state.start_keys, rollout_key, cut_probe)
             states, valid = trajectory.pipeline_state, valid_states(trajectory)  # [N, T, F], [N, T]
             # The statistics include this batch's valid states (as constants): the agent's states set the scale.
             statistics = fold_valid_states(state.statistics, jax.lax.stop_gradient(states), valid)
             distances = self.distances(states, valid, statistics, c.loss)
             return squash(distances, c.squash), (statistics, trajectory, distances)
 
-        flat, opt_state, value, aux, stats = guarded_update(
-            loss, state.params, state.opt_state, self.optimizer, self.core.clip
+        # The gradient w.r.t. the zero probe is the number of rollout steps whose backward pass was cut.
+        (value, aux), (grads, cut_steps) = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(
+            state.params, jnp.zeros(())
+        )
+        flat, opt_state, stats = guarded_step(
+            grads, value, state.params, state.opt_state, self.optimizer, self.core.clip
         )
         statistics, trajectory, distances = jax.lax.stop_gradient(aux)
         new_state = state.replace(params=flat, opt_state=opt_state, statistics=statistics, key=key)
@@ -457,6 +467,8 @@ class ILD(Imitation):
             "policy_std": self.mean_std(state.params, state.normalizer),
             **self.demo_start_measure(flat, state.normalizer),
             **update_metrics(stats),
+            # Steps (over the N rollouts) that passed no gradient back: a per-chunk total, as `nonfinite_grads`.
+            "nonfinite_cut_steps": jnp.round(cut_steps).astype(jnp.int32),
             # The runner stops a run whose updates have all been skipped this many times in a row.
             "nonfinite_stalled": (nonfinite_streak(opt_state) >= c.grad.max_consecutive_nonfinite).astype(jnp.int32),
             **self.demo_metrics(),

@@ -44,6 +44,16 @@ def _is_float(x) -> bool:
     return jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating)
 
 
+def _through_float_leaves(tree, fn):
+    """``tree`` with its float leaves replaced by ``fn(list of them)``; other leaves (ints, keys) untouched:
+    the custom-VJP guards below act on what can carry a cotangent."""
+    leaves, treedef = jax.tree.flatten(tree)
+    idx = [i for i, leaf in enumerate(leaves) if _is_float(leaf)]
+    for i, leaf in zip(idx, fn([leaves[i] for i in idx])):
+        leaves[i] = leaf
+    return jax.tree.unflatten(treedef, leaves)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
 def _clip_cotangent_leaves(leaves: list, max_norm: float) -> list:
     return leaves
@@ -65,12 +75,7 @@ _clip_cotangent_leaves.defvjp(_clip_fwd, _clip_bwd)
 def clip_cotangent(tree, max_norm: float):
     """Identity on the forward pass; on the backward pass scales the cotangent of ``tree``'s float
     leaves to global norm <= ``max_norm``, so no single step can blow up the gradient."""
-    leaves, treedef = jax.tree.flatten(tree)
-    idx = [i for i, leaf in enumerate(leaves) if _is_float(leaf)]
-    clipped = _clip_cotangent_leaves([leaves[i] for i in idx], max_norm)
-    for i, leaf in zip(idx, clipped):
-        leaves[i] = leaf
-    return jax.tree.unflatten(treedef, leaves)
+    return _through_float_leaves(tree, lambda floats: _clip_cotangent_leaves(floats, max_norm))
 
 
 @jax.custom_vjp
@@ -102,14 +107,8 @@ def finite_cotangent(tree, cut_probe: jax.Array | None = None):
     backward pass alone, so the count can only come out of it: each cut step adds 1 to the probe's
     cotangent, and JAX sums that over the steps of a scan and the members of a vmap that share the probe (a
     vmapped rollout that depends on nothing batched is computed once, so it counts once)."""
-    if cut_probe is None:
-        cut_probe = jnp.zeros(())
-    leaves, treedef = jax.tree.flatten(tree)
-    idx = [i for i, leaf in enumerate(leaves) if _is_float(leaf)]
-    guarded = _finite_cotangent_leaves([leaves[i] for i in idx], cut_probe)
-    for i, leaf in zip(idx, guarded):
-        leaves[i] = leaf
-    return jax.tree.unflatten(treedef, leaves)
+    probe = jnp.zeros(()) if cut_probe is None else cut_probe
+    return _through_float_leaves(tree, lambda floats: _finite_cotangent_leaves(floats, probe))
 
 
 def truncate_every(tree, step: jax.Array, k: int):

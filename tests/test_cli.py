@@ -152,7 +152,7 @@ TRAIN_REFUSALS = {
     # while the run is built, before any compile (diffrl.run.build_experiment, place_on_devices, resume)
     "more devices than JAX sees": (more_devices_than_jax_sees, "cpu device(s); on CPU set XLA_FLAGS="),
     "resume without a checkpoint": (run_without_checkpoints, "no checkpoint under"),
-    "ce_apg elites": (["algo=ce_apg", "algo.elites=13"], "ce_apg needs 0 < elites <= population, got 13 and 12"),
+    "ce_apg elites": (["algo=ce_apg", "algo.elites=25"], "ce_apg needs 0 < elites <= population, got 25 and 24"),
     "ce_apg deploy": (["algo=ce_apg", "algo.deploy=worst"], "ce_apg deploy must be 'best' or 'mean', got 'worst'"),
     "ce_apg score window": (["algo=ce_apg", "algo.score_window=26"], "ce_apg needs 0 < score_window <= apg_steps"),
     "ce_apg normaliser rollouts": (["algo=ce_apg", "algo.normalizer_rollouts=0"], "normalizer_rollouts >= 1, got 0"),

@@ -90,6 +90,6 @@ def test_chunk_lengths_cover_the_run_exactly():
 
 def test_explicit_algo_options_win_over_the_budget():
     options, _ = algorithm_options(compose_train("algo=ce_apg", "algo.apg_steps=3"))
-    assert options["apg_steps"] == 3 and options["population"] == 12  # the rest from the quick budget
+    assert options["apg_steps"] == 3 and options["starts_per_step"] == 2  # the rest from the quick budget
     options, iterations = algorithm_options(compose_train("algo=ce_apg", "budget=paper"))
     assert (options["population"], options["apg_steps"], iterations) == (24, 100, 200)

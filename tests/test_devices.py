@@ -85,7 +85,7 @@ def test_seeds_sharded_over_two_devices_train_as_on_one_to_round_off(tmp_path, m
             "share of the seeds, or else of each seed's population; use num_seeds=<a multiple of 5> or "
             "hardware.devices=<a divisor of 8 or 24>",
         ),
-        (   # the population named on the command line, not the budget's, is the one that must divide
+        (  # the population named on the command line, not the budget's, is the one that must divide
             ("hardware.devices=5", "algo.population=12", "algo.elites=4"),
             "hardware.devices=5 divides neither num_seeds=8 nor the population (12): each device trains an equal "
             "share of the seeds, or else of each seed's population; use num_seeds=<a multiple of 5> or "

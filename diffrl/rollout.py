@@ -34,10 +34,14 @@ class GradientOptions:
     truncation: int | None = None  # stop the gradient through the state every k steps (SHAC-like windows)
     step_clip: float | None = None  # clip the per-step cotangent of the state to this global norm, and cut a
     # step whose backward pass is not finite (ILD)
+    step_clip_axis: str | None = None  # the clip's norm is over this vmapped axis too (ROLLOUT_AXIS: the whole
+    # batch of rollouts, as ILD's authors clipped their batched state); None: each rollout's own cotangent
     checkpoint: bool = False  # rematerialise each step on the backward pass: O(T) memory of the carry only
 
 
 NO_GRADIENT_OPTIONS = GradientOptions()
+# The vmap axis of a batch of rollouts that share one per-step clip (``GradientOptions.step_clip_axis``).
+ROLLOUT_AXIS = "rollouts"
 
 
 def _is_float(x) -> bool:
@@ -54,17 +58,18 @@ def _through_float_leaves(tree, fn):
     return jax.tree.unflatten(treedef, leaves)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
-def _clip_cotangent_leaves(leaves: list, max_norm: float) -> list:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _clip_cotangent_leaves(leaves: list, max_norm: float, axis: str | None) -> list:
     return leaves
 
 
-def _clip_fwd(leaves, max_norm):
+def _clip_fwd(leaves, max_norm, axis):
     return leaves, None
 
 
-def _clip_bwd(max_norm, _, cotangents):
-    norm = jnp.sqrt(sum(jnp.sum(g**2) for g in cotangents))
+def _clip_bwd(max_norm, axis, _, cotangents):
+    squared = sum(jnp.sum(g**2) for g in cotangents)
+    norm = jnp.sqrt(jax.lax.psum(squared, axis) if axis else squared)
     scale = jnp.minimum(1.0, max_norm / (norm + 1e-12))
     return ([g * scale for g in cotangents],)
 
@@ -72,10 +77,11 @@ def _clip_bwd(max_norm, _, cotangents):
 _clip_cotangent_leaves.defvjp(_clip_fwd, _clip_bwd)
 
 
-def clip_cotangent(tree, max_norm: float):
+def clip_cotangent(tree, max_norm: float, axis: str | None = None):
     """Identity on the forward pass; on the backward pass scales the cotangent of ``tree``'s float
-    leaves to global norm <= ``max_norm``, so no single step can blow up the gradient."""
-    return _through_float_leaves(tree, lambda floats: _clip_cotangent_leaves(floats, max_norm))
+    leaves to global norm <= ``max_norm``, so no single step can blow up the gradient. With ``axis`` (a vmap
+    axis name in scope) the norm is that of the whole batch's cotangent, and every member is scaled alike."""
+    return _through_float_leaves(tree, lambda floats: _clip_cotangent_leaves(floats, max_norm, axis))
 
 
 @jax.custom_vjp
@@ -198,7 +204,7 @@ def unroll(
         if gradients.truncation:
             state, hidden = truncate_every((state, hidden), t, gradients.truncation)
         if gradients.step_clip:
-            state, hidden = clip_cotangent((state, hidden), gradients.step_clip)
+            state, hidden = clip_cotangent((state, hidden), gradients.step_clip, gradients.step_clip_axis)
         key, action_key = jax.random.split(carry.key) if sample else (carry.key, None)
         hidden, action = policy.act(params, normalizer, hidden, state.obs, action_key)
         # With per-step clipping (ILD) a step whose backward pass is not finite is cut there (the authors'

@@ -318,6 +318,24 @@ def test_ild_closes_the_distance_to_the_demo_and_a_flipped_loss_does_not(teacher
         assert after > 0.9 * before, (before, after)
 
 
+@pytest.mark.parametrize("after", ["fresh", "continue"])
+def test_ilds_adam_starts_fresh_after_the_warmup_or_continues_its_moments(teacher_demo, acrobot, after):
+    """The authors' ILD had its own Adam state (a first step of the learning rate on every parameter);
+    ``adam_after_warmup=continue`` takes the warm-up's step count and moments, at ILD's own learning rate."""
+    config = imitation_config(
+        ILDConfig, teacher_demo, num_envs=2, bc_steps=5, learning_rate=2e-3, adam_after_warmup=after
+    )
+    ild = ILD(acrobot, student(acrobot), config)
+    state, _ = jax.jit(ild.warmup)(ild.init(jax.random.PRNGKey(0)))
+    injected = state.opt_state.inner_state
+    adam = injected.inner_state[0]
+    np.testing.assert_allclose(injected.hyperparams["learning_rate"], 2e-3)
+    assert int(adam.count) == (0 if after == "fresh" else 5)
+    assert (float(jnp.max(jnp.abs(adam.mu))) > 0.0) == (after == "continue")
+    with pytest.raises(ValueError, match="adam_after_warmup 'keep'; valid choices: fresh, continue"):
+        imitation_config(ILDConfig, teacher_demo, adam_after_warmup="keep")
+
+
 def test_ild_counts_the_rollout_steps_whose_backward_pass_was_cut(teacher_demo, acrobot, monkeypatch):
     """Issue 23: cuts are counted, not silent. A state feature whose backward pass is NaN (0 x sqrt'(0), its
     forward finite) at every step cuts every step of every rollout: num_envs x episode_length, and the update

@@ -219,3 +219,33 @@ def test_a_cut_probe_without_step_clipping_is_refused_in_one_line():
     params, carry = policy.init(jax.random.PRNGKey(0)), start(env, policy, jax.random.PRNGKey(0))
     with pytest.raises(ValueError, match="needs gradients.step_clip"):
         unroll(env, policy, params, policy.init_normalizer(), carry, 3, cut_probe=jnp.zeros(()))
+
+
+@pytest.mark.parametrize("axis", [None, "rollouts"], ids=["each-rollout", "whole-batch"])
+def test_the_per_step_clip_scales_each_rollout_or_the_whole_batch_by_its_norm(axis):
+    """ILD's authors clipped their batched state's cotangent: one norm over all rollouts, every rollout scaled
+    alike. Cotangents 3, 4, 0 and 12 (norms); max norm 2: each on its own -> 2, 2, 0, 2; together (norm 13)
+    -> each times 2/13."""
+    from diffrl.rollout import ROLLOUT_AXIS, clip_cotangent
+
+    assert axis is None or axis == ROLLOUT_AXIS
+    weights = jnp.array([[3.0, 0.0], [0.0, 4.0], [0.0, 0.0], [12.0, 0.0]])
+
+    def member_loss(x, w):
+        return jnp.sum(clip_cotangent(x, 2.0, axis) * w)
+
+    grads = jax.jit(jax.grad(lambda x: jnp.sum(jax.vmap(member_loss, axis_name=ROLLOUT_AXIS)(x, weights))))(
+        jnp.ones((4, 2))
+    )
+    if axis is None:
+        expected = weights * jnp.array([2 / 3, 2 / 4, 1.0, 2 / 12])[:, None]
+    else:
+        expected = weights * 2.0 / 13.0
+    np.testing.assert_allclose(grads, expected, rtol=1e-6)
+
+
+def test_an_unknown_step_clip_scope_lists_the_choices():
+    from diffrl.algos.apg import GradientConfig
+
+    with pytest.raises(ValueError, match="step_clip_scope 'episode'; valid choices: rollout, batch"):
+        GradientConfig(step_clip=1.0, step_clip_scope="episode")

@@ -22,9 +22,12 @@ from jax.flatten_util import ravel_pytree
 
 from diffrl.devices import over_population
 from diffrl.networks.base import NormalizerState, Params, Policy
-from diffrl.rollout import NO_GRADIENT_OPTIONS, GradientOptions, episode
+from diffrl.rollout import NO_GRADIENT_OPTIONS, ROLLOUT_AXIS, GradientOptions, episode
 
 _NEVER_APPLY_NONFINITE = 2**31 - 1  # optax would apply non-finite updates after this many in a row
+
+
+STEP_CLIP_SCOPES = ("rollout", "batch")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,12 +38,26 @@ class GradientConfig:
     clip_norm: float | None = None  # clip the update's global norm
     clip_value: float | None = None  # clip each gradient entry to [-v, v]
     step_clip: float | None = None  # clip each step's state cotangent to this norm
+    # rollout: each rollout's cotangent on its own | batch: the whole batch's at once (ILD's authors: their
+    # env was batched, so their clip's norm was over all N rollouts; the algorithm must vmap its rollouts over
+    # diffrl.rollout.ROLLOUT_AXIS)
+    step_clip_scope: str = "rollout"
     checkpoint: bool = False  # jax.checkpoint each step: memory O(T * state) instead of O(T * activations)
     max_consecutive_nonfinite: int = 20  # stop the run when every APG run has failed this many times in a row
 
+    def __post_init__(self):
+        if self.step_clip_scope not in STEP_CLIP_SCOPES:
+            choices = ", ".join(STEP_CLIP_SCOPES)
+            raise ValueError(f"unknown algo.grad.step_clip_scope {self.step_clip_scope!r}; valid choices: {choices}")
+
     @property
     def rollout_options(self) -> GradientOptions:
-        return GradientOptions(truncation=self.truncation, step_clip=self.step_clip, checkpoint=self.checkpoint)
+        return GradientOptions(
+            truncation=self.truncation,
+            step_clip=self.step_clip,
+            step_clip_axis=ROLLOUT_AXIS if self.step_clip_scope == "batch" else None,
+            checkpoint=self.checkpoint,
+        )
 
 
 @struct.dataclass

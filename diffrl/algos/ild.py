@@ -51,12 +51,13 @@ from diffrl.algos.apg import APGCore, GradientConfig, UpdateStats, guarded_step,
 from diffrl.algos.trajectory_distance import DISTANCES, trajectory_distance
 from diffrl.demo_file import DemoError, Demos, check_demos_fit, load_demos, state_features
 from diffrl.networks.base import NormalizerState, Params, Policy
-from diffrl.rollout import Trajectory, episode
+from diffrl.rollout import ROLLOUT_AXIS, Trajectory, episode
 
-ILD_GRADIENTS = GradientConfig(truncation=10, step_clip=1.0, clip_norm=0.3)  # the paper's
+ILD_GRADIENTS = GradientConfig(truncation=10, step_clip=1.0, step_clip_scope="batch", clip_norm=0.3)  # the paper's
 STARTS = ("resets", "demo")
 BC_LOSSES = ("sampled", "mean")
 SQUASHES = ("tanh_of_mean", "none", "mean_of_tanh")
+AFTER_WARMUP = ("fresh", "continue")
 
 
 def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
@@ -100,12 +101,16 @@ class ILDConfig(ImitationConfig):
     squash: str = "tanh_of_mean"  # tanh_of_mean (the authors' chamfer) | none (their l2) | mean_of_tanh
     bc_steps: int = 1000  # behaviour-cloning warm-up before the first iteration (0: none)
     bc_learning_rate: float = 1e-3
+    # ILD's Adam after the warm-up: fresh (the authors': its own state, so its first step moves every parameter
+    # by the learning rate) | continue (from the warm-up's moments, at ILD's learning rate)
+    adam_after_warmup: str = "fresh"
     grad: GradientConfig = ILD_GRADIENTS
 
     def __post_init__(self):
         super().__post_init__()
         check_choice("loss", self.loss, DISTANCES)
         check_choice("squash", self.squash, SQUASHES)
+        check_choice("adam_after_warmup", self.adam_after_warmup, AFTER_WARMUP)
 
 
 @struct.dataclass
@@ -270,11 +275,12 @@ class Imitation:
         )
 
     def rollouts(self, flat, normalizer, start_keys, key, cut_probe=None) -> Trajectory:
-        """[N, T]: sampled rollouts from the N start states (sharing ``cut_probe``: its gradient sums their cuts)."""
+        """[N, T]: sampled rollouts from the N start states (sharing ``cut_probe``: its gradient sums their cuts),
+        vmapped over ``ROLLOUT_AXIS`` (``grad.step_clip_scope=batch`` clips their per-step cotangent together)."""
         keys = jax.random.split(key, start_keys.shape[0])
         starts = self.start_states(start_keys)
         rollout = lambda s, k: self.rollout(flat, normalizer, s, k, deterministic=False, cut_probe=cut_probe)  # noqa: E731
-        return jax.vmap(rollout)(starts, keys)
+        return jax.vmap(rollout, axis_name=ROLLOUT_AXIS)(starts, keys)
 
     def distances(self, states, valid, statistics: NormalizerState, kind: str) -> jax.Array:
         """[N, T, F] rollout states (their ``valid`` ones) -> [N] distances to the nearest demo, all normalised
@@ -419,12 +425,13 @@ class ILD(Imitation):
 
     def warmup(self, state: ILDState) -> tuple[ILDState, dict[str, jax.Array]]:
         """Behaviour cloning for ``bc_steps`` Adam steps on the demos (the runner calls it once, before the first
-        iteration; a resumed run has had it); the main optimiser's state is untouched."""
+        iteration; a resumed run has had it). ILD's optimiser state stays fresh, or (``adam_after_warmup=continue``)
+        takes over the warm-up's Adam moments."""
         c = self.config
         optimizer = self.core.optimizer(c.bc_learning_rate)
         key, bc_key = jax.random.split(state.key)
         std_before = self.mean_std(state.params, state.normalizer)
-        flat, _, losses = self.bc_steps(
+        flat, bc_opt_state, losses = self.bc_steps(
             state.params, optimizer.init(state.params), state.normalizer, bc_key, c.bc_steps, optimizer
         )
         metrics = {
@@ -435,7 +442,8 @@ class ILD(Imitation):
             "bc_policy_std_final": self.mean_std(flat, state.normalizer),
             "bc_steps": jnp.asarray(c.bc_steps),
         }
-        return state.replace(params=flat, key=key), metrics
+        opt_state = with_adam_moments(state.opt_state, bc_opt_state) if c.adam_after_warmup == "continue" else None
+        return state.replace(params=flat, key=key, opt_state=opt_state or state.opt_state), metrics
 
     def train_step(self, state: ILDState) -> tuple[ILDState, dict[str, jax.Array]]:
         c = self.config
@@ -474,6 +482,13 @@ class ILD(Imitation):
             **self.demo_metrics(),
         }
         return new_state, metrics
+
+
+def with_adam_moments(opt_state, source):
+    """``opt_state`` (``APGCore.optimizer``'s: apply_if_finite over injected-hyperparameter Adam) with Adam's
+    step count and moments taken from ``source``; its own learning rate and non-finite counters kept."""
+    inner = opt_state.inner_state
+    return opt_state._replace(inner_state=inner._replace(inner_state=source.inner_state.inner_state))
 
 
 def update_metrics(stats: UpdateStats) -> dict[str, jax.Array]:

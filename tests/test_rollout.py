@@ -249,3 +249,13 @@ def test_an_unknown_step_clip_scope_lists_the_choices():
 
     with pytest.raises(ValueError, match="step_clip_scope 'episode'; valid choices: rollout, batch"):
         GradientConfig(step_clip=1.0, step_clip_scope="episode")
+
+
+def test_a_batch_wide_step_clip_is_refused_where_the_rollouts_do_not_share_one():
+    """Only ILD vmaps its rollouts over ROLLOUT_AXIS; elsewhere the psum would fail deep in a trace."""
+    from diffrl.algos import _with_gradient_config
+
+    batch = {"grad": {"step_clip": 1.0, "step_clip_scope": "batch"}}
+    assert _with_gradient_config({"name": "ild", **batch}, batch_clip=True)["grad"].step_clip_scope == "batch"
+    with pytest.raises(ValueError, match="algo=shac clips each rollout on its own: use algo.grad.step_clip_scope"):
+        _with_gradient_config({"name": "shac", **batch})

@@ -17,8 +17,16 @@ from diffrl.baselines import EXTERNAL_TRAINERS
 from diffrl.networks.base import Policy
 
 
-def _with_gradient_config(options: dict[str, Any]) -> dict[str, Any]:
-    return {**options, "grad": GradientConfig(**options.get("grad", {}))}
+def _with_gradient_config(options: dict[str, Any], batch_clip: bool = False) -> dict[str, Any]:
+    """``options`` with ``grad`` as a ``GradientConfig``. ``batch_clip``: the algorithm vmaps its rollouts over
+    ``diffrl.rollout.ROLLOUT_AXIS``, so ``grad.step_clip_scope=batch`` can work (ILD's); elsewhere it is refused."""
+    grad = GradientConfig(**options.get("grad", {}))
+    if grad.step_clip_scope == "batch" and not batch_clip:
+        raise ValueError(
+            f"algo.grad.step_clip_scope=batch is ILD's (one per-step clip over its batch of rollouts); "
+            f"algo={options.get('name', '?')} clips each rollout on its own: use algo.grad.step_clip_scope=rollout"
+        )
+    return {**options, "grad": grad}
 
 
 def _make_cem(env: Env, policy: Policy, options: dict[str, Any], iterations: int) -> Algorithm:
@@ -54,7 +62,7 @@ def _make_bptt(env: Env, policy: Policy, options: dict[str, Any], iterations: in
 
 
 def _make_ild(env: Env, policy: Policy, options: dict[str, Any], iterations: int) -> Algorithm:
-    return ILD(env, policy, ILDConfig(**_with_gradient_config(options)))
+    return ILD(env, policy, ILDConfig(**_with_gradient_config(options, batch_clip=True)))
 
 
 TIME_ALIGNED_LOSSES = ("l2", "l2_rms")
@@ -67,7 +75,7 @@ def _make_ild_l2(env: Env, policy: Policy, options: dict[str, Any], iterations: 
             f"algo=ild_l2 compares time-aligned states: algo.loss must be one of {', '.join(TIME_ALIGNED_LOSSES)}, "
             f"not {options.get('loss')!r} (algo=ild is the Chamfer one)"
         )
-    algo = ILD(env, policy, ILDConfig(**_with_gradient_config(options)))
+    algo = ILD(env, policy, ILDConfig(**_with_gradient_config(options, batch_clip=True)))
     algo.name = "ild_l2"
     return algo
 

@@ -16,7 +16,8 @@ ILD, per iteration:
 3. loss (``algo.squash``): tanh of the batch-mean distance (the authors' Chamfer loss), no tanh (their L2
    loss), or the mean of per-rollout tanh (diffrl's earlier choice);
 4. one Adam step, the gradient flowing back through time as the authors let it: each step's state cotangent
-   clipped to norm ``grad.step_clip`` (1), cut every ``grad.truncation`` (10) steps, the update clipped to
+   clipped to norm ``grad.step_clip`` (1) over the whole batch (``grad.step_clip_scope``), cut every
+   ``grad.truncation`` (10) steps, the update clipped to
    global norm ``grad.clip_norm`` (0.3); a step whose backward pass is not finite passes no gradient
    (``diffrl.rollout.finite_cotangent``; counted: ``nonfinite_cut_steps``), and an update still not finite is
    skipped and counted (``nonfinite_grads``);

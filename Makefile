@@ -91,6 +91,7 @@ ild: install ## ILD paper figure (ILD, ILD-L2, BC x ILD's tasks, committed demos
 	$(BIN)/diffrl train -m experiment=ild_fig budget=$(BUDGET) launcher=$(LAUNCHER) $(ARGS)
 	$(BIN)/diffrl table $(TABLES)/ild_fig_$(BUDGET)
 	$(BIN)/diffrl table $(TABLES)/ild_fig_$(BUDGET) --metric final_sampled_return --out $(TABLES)/ild_fig_$(BUDGET)/sampled
+	$(BIN)/python tools/ild_distances.py $(TABLES)/ild_fig_$(BUDGET)
 	$(BIN)/diffrl plot $(TABLES)/ild_fig_$(BUDGET)
 
 readme: install ## copy the committed result tables (docs/results/) into the generated blocks of the README and docs/cluster.md

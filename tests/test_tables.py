@@ -2,6 +2,7 @@
 
 import csv
 import json
+import pathlib
 
 import numpy as np
 import pytest
@@ -209,3 +210,29 @@ def test_diffrl_table_command(tmp_path):
     proc = run_diffrl("table", str(sweep), "--out", str(tmp_path / "out"), cwd=tmp_path)
     assert "| CEM | 6 ± 1 (2 seeds) | 626 ± 160 |" in proc.stdout
     assert (tmp_path / "out" / "results.md").is_file() and (tmp_path / "out" / "results.csv").is_file()
+
+
+def fake_imitation_run(directory, env: str, algo: str, distances: list[float]) -> None:
+    directory.mkdir(parents=True)
+    (directory / "summary.json").write_text(json.dumps({"env": env, "algo": algo}))
+    rows = [{"iteration": 0, "bc_loss_final": 0.1}] + [
+        {"iteration": i + 1, "distance": d} for i, d in enumerate(distances)
+    ]
+    (directory / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_the_ild_distance_table_says_where_the_distance_fell_and_where_it_rose(tmp_path):
+    """`make ild`'s distance.md (tools/ild_distances.py): first -> lowest -> last of each run's fixed-scale
+    distance, and whether the last is below the first."""
+    import sys
+
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tools"))
+    import ild_distances
+
+    fake_imitation_run(tmp_path / "hopper_ild_seed0", "hopper", "ild", [0.8, 0.5, 0.6])
+    fake_imitation_run(tmp_path / "hopper_bc_seed0", "hopper", "bc", [0.4, 0.3, 0.7])
+    ild_distances.main([str(tmp_path)])
+    table = (tmp_path / "distance.md").read_text()
+    row = next(line for line in table.splitlines() if line.startswith("| Hopper"))
+    assert row == "| Hopper | 0.800 (1) → 0.500 (2) → 0.600 (3): falls | 0.400 (1) → 0.300 (2) → 0.700 (3): **rises** |"
+    assert "| task | ILD | BC |" in table

@@ -1,0 +1,80 @@
+"""How far ILD's, ILD-L2's and BC's rollouts were from the demo during training: the fixed-scale distance
+(the demos' own statistics, the same measure for all three; ``docs/ild.md``) at the first logged iteration,
+its lowest and its last, per task and method, from every run's ``metrics.jsonl`` (seed means as logged).
+``make ild`` runs it on the sweep directory; "falls" is the last below the first.
+
+    python tools/ild_distances.py <sweep dir> [...] [--out <dir>/distance.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+from collections import defaultdict
+
+from diffrl.paper_results import TASK_TITLES
+
+METHODS = {"ild": "ILD", "ild_l2": "ILD-L2", "bc": "BC"}  # algo name -> column title
+
+
+def distance_curve(run_dir: pathlib.Path) -> list[tuple[int, float]]:
+    """(iteration, fixed-scale distance) of each logged training row (the warm-up's row 0 has none)."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return [(int(r["iteration"]), float(r["distance"])) for r in rows if "distance" in r]
+
+
+def runs(sweep_dirs: list[pathlib.Path]) -> dict[tuple[str, str], list[tuple[int, float]]]:
+    """(task, method) -> its distance curve, from every finished run under the sweep directories."""
+    curves = {}
+    for sweep in sweep_dirs:
+        for summary_path in sorted(sweep.glob("*/summary.json")):
+            summary = json.loads(summary_path.read_text())
+            if summary.get("algo") in METHODS and (summary_path.parent / "metrics.jsonl").exists():
+                curve = distance_curve(summary_path.parent)
+                if curve:
+                    curves[(summary["env"], summary["algo"])] = curve
+    return curves
+
+
+def cell(curve: list[tuple[int, float]]) -> str:
+    (first_it, first), (last_it, last) = curve[0], curve[-1]
+    low_it, low = min(curve, key=lambda p: p[1])
+    trend = "falls" if last < first else "**rises**"
+    return f"{first:.3f} ({first_it}) → {low:.3f} ({low_it}) → {last:.3f} ({last_it}): {trend}"
+
+
+def markdown(curves: dict[tuple[str, str], list[tuple[int, float]]]) -> str:
+    tasks = sorted({task for task, _ in curves}, key=lambda t: TASK_TITLES.get(t, t))
+    methods = [m for m in METHODS if any(method == m for _, method in curves)]
+    by_task = defaultdict(dict)
+    for (task, method), curve in curves.items():
+        by_task[task][method] = curve
+    lines = [
+        "Fixed-scale distance of the training rollouts to the demo (the demos' statistics, clipped to ±5, valid "
+        "states only; the seeds' mean as logged): first logged iteration → lowest → last, iteration in brackets.",
+        "",
+        "| task | " + " | ".join(METHODS[m] for m in methods) + " |",
+        "|---|" + "---|" * len(methods),
+    ]
+    for task in tasks:
+        cells = [cell(by_task[task][m]) if m in by_task[task] else "–" for m in methods]
+        lines.append(f"| {TASK_TITLES.get(task, task)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sweep_dirs", nargs="+", type=pathlib.Path)
+    parser.add_argument("--out", type=pathlib.Path, help="markdown file (default: <first sweep dir>/distance.md)")
+    args = parser.parse_args(argv)
+    curves = runs(args.sweep_dirs)
+    if not curves:
+        parser.error(f"no ILD, ILD-L2 or BC run with a metrics.jsonl under {', '.join(map(str, args.sweep_dirs))}")
+    out = args.out or args.sweep_dirs[0] / "distance.md"
+    out.write_text(markdown(curves))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

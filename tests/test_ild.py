@@ -41,7 +41,7 @@ from diffrl.envs import make_env
 from diffrl.networks import make_policy
 from diffrl.rollout import Trajectory
 
-from conftest import run_diffrl
+from conftest import REPO, run_diffrl
 
 TASK, BACKEND, LENGTH = "acrobot", "analytic", 64
 POLICY = {
@@ -482,7 +482,7 @@ def test_the_step_probe_measures_a_small_gradient_step_lowering_ilds_loss(capsys
     along -g lowers ILD's loss, measured by the same program as the baseline."""
     import sys
 
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tools"))
+    sys.path.insert(0, str(REPO / "tools"))
     import ild_step_probe
 
     ild_step_probe.main(["env=acrobot", "algo.num_envs=8", "algo.bc_steps=20"])

@@ -2,7 +2,6 @@
 
 import csv
 import json
-import pathlib
 
 import numpy as np
 import pytest
@@ -11,7 +10,7 @@ import yaml
 from diffrl.paper_results import PAPER_RESULTS, paper_result
 from diffrl.tables import collect_cells, format_number, markdown_table, write_tables
 
-from conftest import run_diffrl
+from conftest import REPO, run_diffrl
 
 
 def make_job(
@@ -226,7 +225,7 @@ def test_the_ild_distance_table_says_where_the_distance_fell_and_where_it_rose(t
     distance, and whether the last is below the first."""
     import sys
 
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tools"))
+    sys.path.insert(0, str(REPO / "tools"))
     import ild_distances
 
     fake_imitation_run(tmp_path / "hopper_ild_seed0", "hopper", "ild", [0.8, 0.5, 0.6])

@@ -12,6 +12,7 @@ If the loss rises for every step, g is not a descent direction of the loss it wa
 
 from __future__ import annotations
 
+import functools
 import pathlib
 import sys
 import time
@@ -21,20 +22,12 @@ import jax.numpy as jnp
 from hydra import compose, initialize_config_dir
 
 import diffrl.algos.ild as ild_module
-from diffrl.algos.ild import fold_valid_states, squash, valid_states
-from diffrl.demo_file import check_demos_fit, load_demos
+from diffrl.algos.ild import fold_valid_states, load_imitation_demos, squash, valid_states
 from diffrl.run import build_experiment
 
 CONF_DIR = pathlib.Path(__file__).resolve().parents[1] / "conf"
 ADAM_LEARNING_RATES = (1e-3, 3e-4, 1e-4, 3e-5, 1e-5)
 GRADIENT_STEPS = (1e-1, 3e-2, 1e-2, 3e-3, 1e-3)
-
-
-def demos_without_start_check(config, env):
-    path = pathlib.Path(config.demo)
-    demos = load_demos(path, config.task, config.backend)
-    check_demos_fit(demos, path, env, config.episode_length)
-    return demos.first(config.demos)
 
 
 def main(overrides: list[str]) -> None:
@@ -44,7 +37,7 @@ def main(overrides: list[str]) -> None:
     if cfg.hardware.enable_x64:
         # float64 resets draw other random numbers than the float32 ones the demos were recorded with: their start
         # state cannot be rebuilt from its key, which the probe does not need (it starts from random resets).
-        ild_module.load_imitation_demos = demos_without_start_check
+        ild_module.load_imitation_demos = functools.partial(load_imitation_demos, check_start_state=False)
     exp = build_experiment(cfg)
     ild, config = exp.algo, exp.algo.config
     started = time.time()

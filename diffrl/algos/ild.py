@@ -125,14 +125,18 @@ class DemoArrays:
     returns: jax.Array  # [D]
 
 
-def load_imitation_demos(config: ImitationConfig, env: Env) -> Demos:
-    """The run's demos, checked against the env: one line if they cannot serve it (``DemoError``)."""
+def load_imitation_demos(config: ImitationConfig, env: Env, check_start_state: bool = True) -> Demos:
+    """The run's demos, checked against the env: one line if they cannot serve it (``DemoError``).
+    ``check_start_state=False`` skips rebuilding the best demo's start state from its reset key (a diagnostic in
+    float64, whose resets draw other numbers: ``tools/ild_step_probe.py``)."""
     path = pathlib.Path(config.demo)
     demos = load_demos(path, config.task, config.backend)
     check_demos_fit(demos, path, env, config.episode_length)
     if config.demos < 1:
         raise DemoError(f"algo.demos must be >= 1, got {config.demos}")
     demos = demos.first(config.demos)
+    if not check_start_state:
+        return demos
     # The start state is rebuilt from its reset key: the same key must give the same state here.
     rebuilt = jax.jit(lambda key: state_features(env.reset(key).pipeline_state))(jnp.asarray(demos.reset_key[0]))
     scale = 1.0 + float(jnp.max(jnp.abs(rebuilt)))
@@ -443,8 +447,9 @@ class ILD(Imitation):
             "bc_policy_std_final": self.mean_std(flat, state.normalizer),
             "bc_steps": jnp.asarray(c.bc_steps),
         }
-        opt_state = with_adam_moments(state.opt_state, bc_opt_state) if c.adam_after_warmup == "continue" else None
-        return state.replace(params=flat, key=key, opt_state=opt_state or state.opt_state), metrics
+        continued = c.adam_after_warmup == "continue"
+        opt_state = with_adam_moments(state.opt_state, bc_opt_state) if continued else state.opt_state
+        return state.replace(params=flat, key=key, opt_state=opt_state), metrics
 
     def train_step(self, state: ILDState) -> tuple[ILDState, dict[str, jax.Array]]:
         c = self.config

@@ -211,8 +211,11 @@ def test_diffrl_table_command(tmp_path):
     assert (tmp_path / "out" / "results.md").is_file() and (tmp_path / "out" / "results.csv").is_file()
 
 
-def fake_imitation_run(directory, env: str, algo: str, distances: list[float]) -> None:
+def fake_imitation_run(directory, env: str, algo: str, distances: list[float], overrides: tuple[str, ...] = ()) -> None:
     directory.mkdir(parents=True)
+    if overrides:
+        (directory / ".hydra").mkdir()
+        (directory / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
     (directory / "summary.json").write_text(json.dumps({"env": env, "algo": algo}))
     rows = [{"iteration": 0, "bc_loss_final": 0.1}] + [
         {"iteration": i + 1, "distance": d} for i, d in enumerate(distances)
@@ -235,3 +238,25 @@ def test_the_ild_distance_table_says_where_the_distance_fell_and_where_it_rose(t
     row = next(line for line in table.splitlines() if line.startswith("| Hopper"))
     assert row == "| Hopper | 0.800 (1) → 0.500 (2) → 0.600 (3): falls | 0.400 (1) → 0.300 (2) → 0.700 (3): **rises** |"
     assert "| task | ILD | BC |" in table
+
+
+def test_the_ild_distance_table_gives_each_variant_its_column_and_refuses_two_runs_of_one(tmp_path):
+    """A sweep over ILD's learning rate keeps both runs (labelled as `diffrl table` labels rows), and two runs of
+    the same column on one task are refused instead of one silently replacing the other."""
+    import sys
+
+    sys.path.insert(0, str(REPO / "tools"))
+    import ild_distances
+
+    fake_imitation_run(tmp_path / "a" / "hopper_ild_lr3", "hopper", "ild", [0.8, 0.9], ("algo.learning_rate=1e-3",))
+    fake_imitation_run(tmp_path / "a" / "hopper_ild_lr4", "hopper", "ild", [0.8, 0.7], ("algo.learning_rate=1e-4",))
+    fake_imitation_run(tmp_path / "a" / "hopper_bc", "hopper", "bc", [0.4, 0.3])
+    ild_distances.main([str(tmp_path / "a")])
+    table = (tmp_path / "a" / "distance.md").read_text()
+    assert "| task | ILD [algo.learning_rate=1e-3] | ILD [algo.learning_rate=1e-4] | BC |" in table
+    lr3, lr4 = "0.800 (1) → 0.800 (1) → 0.900 (2): **rises**", "0.800 (1) → 0.700 (2) → 0.700 (2): falls"
+    assert f"| Hopper | {lr3} | {lr4} |" in table
+    fake_imitation_run(tmp_path / "b" / "hopper_ild", "hopper", "ild", [0.5, 0.4])
+    fake_imitation_run(tmp_path / "c" / "hopper_ild", "hopper", "ild", [0.6, 0.4])
+    with pytest.raises(SystemExit, match="two runs of ILD on hopper"):
+        ild_distances.main([str(tmp_path / "b"), str(tmp_path / "c")])

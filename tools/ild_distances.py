@@ -14,8 +14,9 @@ import pathlib
 from collections import defaultdict
 
 from diffrl.paper_results import TASK_TITLES
+from diffrl.tables import job_variants, row_title
 
-METHODS = {"ild": "ILD", "ild_l2": "ILD-L2", "bc": "BC"}  # algo name -> column title
+METHODS = {"ild": "ILD", "ild_l2": "ILD-L2", "bc": "BC"}  # algo name -> column title (as diffrl.tables' ALGO_TITLES)
 
 
 def distance_curve(run_dir: pathlib.Path) -> list[tuple[int, float]]:
@@ -25,15 +26,24 @@ def distance_curve(run_dir: pathlib.Path) -> list[tuple[int, float]]:
 
 
 def runs(sweep_dirs: list[pathlib.Path]) -> dict[tuple[str, str], list[tuple[int, float]]]:
-    """(task, method) -> its distance curve, from every finished run under the sweep directories."""
-    curves = {}
+    """(task, column) -> its distance curve, from every finished run under the sweep directories. Runs whose
+    overrides differ (a sweep over ``algo.learning_rate``, say) get their own column, labelled as `diffrl table`
+    labels its rows; two runs of one column on one task are refused, not silently merged."""
+    jobs = []
     for sweep in sweep_dirs:
         for summary_path in sorted(sweep.glob("*/summary.json")):
             summary = json.loads(summary_path.read_text())
             if summary.get("algo") in METHODS and (summary_path.parent / "metrics.jsonl").exists():
-                curve = distance_curve(summary_path.parent)
-                if curve:
-                    curves[(summary["env"], summary["algo"])] = curve
+                jobs.append((summary_path.parent, summary["env"], summary["algo"]))
+    variants = job_variants([job_dir for job_dir, _, _ in jobs])
+    curves, sources = {}, {}
+    for job_dir, env, algo in jobs:
+        key = (env, row_title(algo, variants[job_dir]))
+        if key in sources:
+            raise SystemExit(f"two runs of {key[1]} on {env}: {sources[key]} and {job_dir}; pass one of them")
+        curve = distance_curve(job_dir)
+        if curve:
+            curves[key], sources[key] = curve, job_dir
     return curves
 
 
@@ -44,21 +54,27 @@ def cell(curve: list[tuple[int, float]]) -> str:
     return f"{first:.3f} ({first_it}) → {low:.3f} ({low_it}) → {last:.3f} ({last_it}): {trend}"
 
 
+def column_order(column: str) -> tuple[int, str]:
+    """ILD's columns first, then ILD-L2's, then BC's; variants of one method in name order."""
+    method = column.split(" [")[0]
+    return (list(METHODS.values()).index(method) if method in METHODS.values() else len(METHODS), column)
+
+
 def markdown(curves: dict[tuple[str, str], list[tuple[int, float]]]) -> str:
     tasks = sorted({task for task, _ in curves}, key=lambda t: TASK_TITLES.get(t, t))
-    methods = [m for m in METHODS if any(method == m for _, method in curves)]
+    columns = sorted({column for _, column in curves}, key=column_order)
     by_task = defaultdict(dict)
-    for (task, method), curve in curves.items():
-        by_task[task][method] = curve
+    for (task, column), curve in curves.items():
+        by_task[task][column] = curve
     lines = [
         "Fixed-scale distance of the training rollouts to the demo (the demos' statistics, clipped to ±5, valid "
         "states only; the seeds' mean as logged): first logged iteration → lowest → last, iteration in brackets.",
         "",
-        "| task | " + " | ".join(METHODS[m] for m in methods) + " |",
-        "|---|" + "---|" * len(methods),
+        "| task | " + " | ".join(columns) + " |",
+        "|---|" + "---|" * len(columns),
     ]
     for task in tasks:
-        cells = [cell(by_task[task][m]) if m in by_task[task] else "–" for m in methods]
+        cells = [cell(by_task[task][c]) if c in by_task[task] else "–" for c in columns]
         lines.append(f"| {TASK_TITLES.get(task, task)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -41,7 +41,7 @@ from diffrl.envs import make_env
 from diffrl.networks import make_policy
 from diffrl.rollout import Trajectory
 
-from conftest import REPO, run_diffrl
+from conftest import REPO, compose_train, run_diffrl
 
 TASK, BACKEND, LENGTH = "acrobot", "analytic", 64
 POLICY = {
@@ -493,3 +493,30 @@ def test_the_step_probe_measures_a_small_gradient_step_lowering_ilds_loss(capsys
     change = float(smallest.split("loss ")[1].split(" ")[0])
     predicted = float(smallest.split("first order: ")[1].split(")")[0])
     assert predicted < 0 and change < 0, smallest
+
+
+def deterministic_return(ild: ILD, state) -> float:
+    """The mean return of the deterministic policy's rollouts from the run's own N start states."""
+    starts = ild.start_states(state.start_keys)
+    rollout = lambda s: ild.rollout(state.params, state.normalizer, s, None, deterministic=True)  # noqa: E731
+    return float(jnp.mean(jnp.sum(jax.vmap(rollout)(starts).reward, axis=-1)))
+
+
+def test_ild_at_its_defaults_improves_on_its_clone():
+    """ILD as `diffrl train algo=ild env=acrobot` composes it (the committed demo, 1000 BC steps, then the quick
+    budget's 300 rollouts per update at the default learning rate 1e-4): 20 updates raise the clone's
+    deterministic return from the run's start states and lower its fixed-scale distance to the demo (measured:
+    32.1 -> 82.7, 0.484 -> 0.364)."""
+    from diffrl.run import build_experiment
+
+    ild = build_experiment(compose_train("algo=ild", "env=acrobot")).algo
+    assert ild.config.num_envs == 300 and ild.config.bc_steps == 1000
+    state, _ = jax.jit(ild.warmup)(ild.init(jax.random.PRNGKey(0)))
+    cloned, cloned_distance = deterministic_return(ild, state), distance_to_demo(ild, state)
+    step = jax.jit(ild.train_step)
+    for _ in range(20):
+        state, metrics = step(state)
+    trained, trained_distance = deterministic_return(ild, state), distance_to_demo(ild, state)
+    print(f"return {cloned:.1f} -> {trained:.1f}, distance {cloned_distance:.4f} -> {trained_distance:.4f}")
+    assert int(metrics["nonfinite_grads"]) == 0
+    assert trained > cloned + 25.0 and trained_distance < 0.9 * cloned_distance, (cloned, trained, trained_distance)

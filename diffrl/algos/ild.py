@@ -100,6 +100,9 @@ class BCConfig(ImitationConfig):
 class ILDConfig(ImitationConfig):
     loss: str = "chamfer"  # chamfer | l2 (Euclidean, time-aligned) | l2_rms
     squash: str = "tanh_of_mean"  # tanh_of_mean (the authors' chamfer) | none (their l2) | mean_of_tanh
+    # ILD's Adam: 1e-4, a tenth of the authors' 1e-3, whose first steps overshoot on the MJX bodies
+    # (docs/ild.md "Measured": the one-step probe and make ild at both rates)
+    learning_rate: float = 1e-4
     bc_steps: int = 1000  # behaviour-cloning warm-up before the first iteration (0: none)
     bc_learning_rate: float = 1e-3
     # ILD's Adam after the warm-up: fresh (the authors': its own state, so its first step moves every parameter

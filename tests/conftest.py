@@ -2,6 +2,7 @@
 repeated compiles of the same programs (across tests, `diffrl` subprocesses and CI runs) cost ~1 s
 instead of ~15 s."""
 
+import importlib.util
 import json
 import os
 import pathlib
@@ -27,6 +28,14 @@ jax.config.update("jax_enable_x64", False)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CONF_DIR = REPO / "conf"
+
+
+def import_tool(name: str):
+    """A script under tools/ as a module (tools/ is not a package), without touching sys.path."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def compose_train(*overrides: str):

@@ -41,7 +41,7 @@ from diffrl.envs import make_env
 from diffrl.networks import make_policy
 from diffrl.rollout import Trajectory
 
-from conftest import REPO, compose_train, run_diffrl
+from conftest import compose_train, import_tool, run_diffrl
 
 TASK, BACKEND, LENGTH = "acrobot", "analytic", 64
 POLICY = {
@@ -279,14 +279,19 @@ def test_imitation_clips_the_policys_normalised_inputs_to_5(algo):
     np.testing.assert_allclose(policy.normalize(-far, normalizer), -5.0)
 
 
-def distance_to_demo(ild: ILD, state) -> float:
+def deterministic_rollouts(ild: ILD, state):
+    """The deterministic policy's rollouts from the run's own N start states."""
+    starts = ild.start_states(state.start_keys)
+    rollout = lambda s: ild.rollout(state.params, state.normalizer, s, None, deterministic=True)  # noqa: E731
+    return jax.vmap(rollout)(starts)
+
+
+def distance_to_demo(ild: ILD, state, trajectory=None) -> float:
     """The fixed-scale distance (the demos' statistics) of the deterministic policy's rollouts from the run's
     start states, computed here with the unmutated distance (the flipped-sign case mutates the algorithm's)."""
     from brax.training.acme.running_statistics import normalize
 
-    starts = ild.start_states(state.start_keys)
-    rollout = lambda s: ild.rollout(state.params, state.normalizer, s, None, deterministic=True)  # noqa: E731
-    trajectory = jax.vmap(rollout)(starts)
+    trajectory = deterministic_rollouts(ild, state) if trajectory is None else trajectory
     statistics = state_normalizer(ild.demos.state)
     demos = normalize(ild.demos.state, statistics, max_abs_value=5.0)
     agent = normalize(trajectory.pipeline_state, statistics, max_abs_value=5.0)
@@ -480,11 +485,7 @@ def test_the_imitation_algorithms_read_demo_files_without_the_demo_maker():
 def test_the_step_probe_measures_a_small_gradient_step_lowering_ilds_loss(capsys):
     """tools/ild_step_probe.py (docs/ild.md "Measured"): on the acrobot's closed form a step of length 1e-3
     along -g lowers ILD's loss, measured by the same program as the baseline."""
-    import sys
-
-    sys.path.insert(0, str(REPO / "tools"))
-    import ild_step_probe
-
+    ild_step_probe = import_tool("ild_step_probe")
     ild_step_probe.main(["env=acrobot", "algo.num_envs=8", "algo.bc_steps=20"])
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("acrobot (float32), after 20 BC steps") and "differs by" in lines[0]
@@ -495,11 +496,11 @@ def test_the_step_probe_measures_a_small_gradient_step_lowering_ilds_loss(capsys
     assert predicted < 0 and change < 0, smallest
 
 
-def deterministic_return(ild: ILD, state) -> float:
-    """The mean return of the deterministic policy's rollouts from the run's own N start states."""
-    starts = ild.start_states(state.start_keys)
-    rollout = lambda s: ild.rollout(state.params, state.normalizer, s, None, deterministic=True)  # noqa: E731
-    return float(jnp.mean(jnp.sum(jax.vmap(rollout)(starts).reward, axis=-1)))
+def return_and_distance(ild: ILD, state) -> tuple[float, float]:
+    """The mean return and the fixed-scale distance of the deterministic policy's rollouts from the run's own N
+    start states (one set of rollouts for both)."""
+    trajectory = deterministic_rollouts(ild, state)
+    return float(jnp.mean(jnp.sum(trajectory.reward, axis=-1))), distance_to_demo(ild, state, trajectory)
 
 
 def test_ild_at_its_defaults_improves_on_its_clone():
@@ -511,12 +512,15 @@ def test_ild_at_its_defaults_improves_on_its_clone():
 
     ild = build_experiment(compose_train("algo=ild", "env=acrobot")).algo
     assert ild.config.num_envs == 300 and ild.config.bc_steps == 1000
+    # The composed default, not only ILDConfig's: at the authors' 1e-3 this seed improves too (docs/ild.md).
+    assert ild.config.learning_rate == ILDConfig.learning_rate == 1e-4
     state, _ = jax.jit(ild.warmup)(ild.init(jax.random.PRNGKey(0)))
-    cloned, cloned_distance = deterministic_return(ild, state), distance_to_demo(ild, state)
-    step = jax.jit(ild.train_step)
+    cloned, cloned_distance = return_and_distance(ild, state)
+    step, skipped = jax.jit(ild.train_step), 0
     for _ in range(20):
         state, metrics = step(state)
-    trained, trained_distance = deterministic_return(ild, state), distance_to_demo(ild, state)
+        skipped += int(metrics["nonfinite_grads"])
+    trained, trained_distance = return_and_distance(ild, state)
     print(f"return {cloned:.1f} -> {trained:.1f}, distance {cloned_distance:.4f} -> {trained_distance:.4f}")
-    assert int(metrics["nonfinite_grads"]) == 0
+    assert skipped == 0
     assert trained > cloned + 25.0 and trained_distance < 0.9 * cloned_distance, (cloned, trained, trained_distance)

@@ -20,10 +20,9 @@ from diffrl.envs.tasks import ACROBOT
 from diffrl.experiment import RunDirInUse, check_run_dir_is_free, configure_jax
 from diffrl.loggers import JsonlSink
 
-from conftest import REPO, compose_train, deterministic_part, read_metrics, run_diffrl
+from conftest import REPO, compose_train, deterministic_part, import_tool, read_metrics, run_diffrl
 
-sys.path.insert(0, str(REPO / "tools"))
-import sync_readme  # noqa: E402
+sync_readme = import_tool("sync_readme")
 
 
 def test_a_seed_sweep_of_a_table_leaves_one_complete_job_per_seed_and_one_cell_over_both(tmp_path):

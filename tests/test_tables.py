@@ -10,7 +10,7 @@ import yaml
 from diffrl.paper_results import PAPER_RESULTS, paper_result
 from diffrl.tables import collect_cells, format_number, markdown_table, write_tables
 
-from conftest import REPO, run_diffrl
+from conftest import import_tool, run_diffrl
 
 
 def make_job(
@@ -226,11 +226,7 @@ def fake_imitation_run(directory, env: str, algo: str, distances: list[float], o
 def test_the_ild_distance_table_says_where_the_distance_fell_and_where_it_rose(tmp_path):
     """`make ild`'s distance.md (tools/ild_distances.py): first -> lowest -> last of each run's fixed-scale
     distance, and whether the last is below the first."""
-    import sys
-
-    sys.path.insert(0, str(REPO / "tools"))
-    import ild_distances
-
+    ild_distances = import_tool("ild_distances")
     fake_imitation_run(tmp_path / "hopper_ild_seed0", "hopper", "ild", [0.8, 0.5, 0.6])
     fake_imitation_run(tmp_path / "hopper_bc_seed0", "hopper", "bc", [0.4, 0.3, 0.7])
     ild_distances.main([str(tmp_path)])
@@ -243,11 +239,7 @@ def test_the_ild_distance_table_says_where_the_distance_fell_and_where_it_rose(t
 def test_the_ild_distance_table_gives_each_variant_its_column_and_refuses_two_runs_of_one(tmp_path):
     """A sweep over ILD's learning rate keeps both runs (labelled as `diffrl table` labels rows), and two runs of
     the same column on one task are refused instead of one silently replacing the other."""
-    import sys
-
-    sys.path.insert(0, str(REPO / "tools"))
-    import ild_distances
-
+    ild_distances = import_tool("ild_distances")
     fake_imitation_run(tmp_path / "a" / "hopper_ild_lr3", "hopper", "ild", [0.8, 0.9], ("algo.learning_rate=1e-3",))
     fake_imitation_run(tmp_path / "a" / "hopper_ild_lr4", "hopper", "ild", [0.8, 0.7], ("algo.learning_rate=1e-4",))
     fake_imitation_run(tmp_path / "a" / "hopper_bc", "hopper", "bc", [0.4, 0.3])

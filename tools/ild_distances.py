@@ -16,7 +16,10 @@ from collections import defaultdict
 from diffrl.paper_results import TASK_TITLES
 from diffrl.tables import job_variants, row_title
 
-METHODS = {"ild": "ILD", "ild_l2": "ILD-L2", "bc": "BC"}  # algo name -> column title (as diffrl.tables' ALGO_TITLES)
+METHODS = ("ild", "ild_l2", "bc")  # the algorithms with a distance to the demo, in column order
+
+# A column: (algo, variant), the variant being the overrides that set its runs apart ("" when none do).
+Column = tuple[str, str]
 
 
 def distance_curve(run_dir: pathlib.Path) -> list[tuple[int, float]]:
@@ -25,7 +28,7 @@ def distance_curve(run_dir: pathlib.Path) -> list[tuple[int, float]]:
     return [(int(r["iteration"]), float(r["distance"])) for r in rows if "distance" in r]
 
 
-def runs(sweep_dirs: list[pathlib.Path]) -> dict[tuple[str, str], list[tuple[int, float]]]:
+def runs(sweep_dirs: list[pathlib.Path]) -> dict[tuple[str, Column], list[tuple[int, float]]]:
     """(task, column) -> its distance curve, from every finished run under the sweep directories. Runs whose
     overrides differ (a sweep over ``algo.learning_rate``, say) get their own column, labelled as `diffrl table`
     labels its rows; two runs of one column on one task are refused, not silently merged."""
@@ -38,9 +41,10 @@ def runs(sweep_dirs: list[pathlib.Path]) -> dict[tuple[str, str], list[tuple[int
     variants = job_variants([job_dir for job_dir, _, _ in jobs])
     curves, sources = {}, {}
     for job_dir, env, algo in jobs:
-        key = (env, row_title(algo, variants[job_dir]))
+        key = (env, (algo, variants[job_dir]))
         if key in sources:
-            raise SystemExit(f"two runs of {key[1]} on {env}: {sources[key]} and {job_dir}; pass one of them")
+            title = row_title(algo, variants[job_dir])
+            raise SystemExit(f"two runs of {title} on {env}: {sources[key]} and {job_dir}; pass one of them")
         curve = distance_curve(job_dir)
         if curve:
             curves[key], sources[key] = curve, job_dir
@@ -54,13 +58,14 @@ def cell(curve: list[tuple[int, float]]) -> str:
     return f"{first:.3f} ({first_it}) → {low:.3f} ({low_it}) → {last:.3f} ({last_it}): {trend}"
 
 
-def column_order(column: str) -> tuple[int, str]:
-    """ILD's columns first, then ILD-L2's, then BC's; variants of one method in name order."""
-    method = column.split(" [")[0]
-    return (list(METHODS.values()).index(method) if method in METHODS.values() else len(METHODS), column)
+def column_order(column: Column) -> tuple[int, str]:
+    """ILD's columns first, then ILD-L2's, then BC's; of one method, the run without overrides first, then the
+    variants in name order."""
+    algo, variant = column
+    return METHODS.index(algo), variant
 
 
-def markdown(curves: dict[tuple[str, str], list[tuple[int, float]]]) -> str:
+def markdown(curves: dict[tuple[str, Column], list[tuple[int, float]]]) -> str:
     tasks = sorted({task for task, _ in curves}, key=lambda t: TASK_TITLES.get(t, t))
     columns = sorted({column for _, column in curves}, key=column_order)
     by_task = defaultdict(dict)
@@ -70,7 +75,7 @@ def markdown(curves: dict[tuple[str, str], list[tuple[int, float]]]) -> str:
         "Fixed-scale distance of the training rollouts to the demo (the demos' statistics, clipped to ±5, valid "
         "states only; the seeds' mean as logged): first logged iteration → lowest → last, iteration in brackets.",
         "",
-        "| task | " + " | ".join(columns) + " |",
+        "| task | " + " | ".join(row_title(*column) for column in columns) + " |",
         "|---|" + "---|" * len(columns),
     ]
     for task in tasks:

@@ -173,13 +173,15 @@ def unroll(
     gradients: GradientOptions = NO_GRADIENT_OPTIONS,
     record_pipeline_state: bool | Callable[[Any], Any] = False,
     cut_probe: jax.Array | None = None,
+    restart_state: State | None = None,
 ) -> tuple[RolloutCarry, Trajectory]:
     """Runs ``length`` control steps from ``carry``; returns (carry after them, per-step trajectory).
 
     ``episode_length``: the time limit of an episode (``None``: only terminations end one).
     ``deterministic``: a stochastic policy acts with tanh(mean) instead of sampling.
     With ``auto_reset`` every episode that ends during this unroll restarts from one start state drawn
-    at the beginning of the unroll (one ``reset`` per unroll instead of one per step).
+    at the beginning of the unroll (one ``reset`` per unroll instead of one per step), or from
+    ``restart_state`` when given (Brax 0.0.x's auto-reset: back to the env's own first state).
     ``record_pipeline_state``: ``True`` records each step's physics state; a function records what it returns
     of it instead (e.g. a flat vector of body states: an MJX state holds far more than a rollout needs).
     ``cut_probe``: a zero scalar whose gradient counts the steps whose backward pass ``finite_cotangent`` cut
@@ -194,7 +196,11 @@ def unroll(
         else ((lambda x: x) if record_pipeline_state else (lambda x: None))
     )
     key = carry.key
-    if auto_reset:
+    if restart_state is not None and not auto_reset:
+        raise ValueError("unroll: restart_state is where auto_reset restarts an episode; it needs auto_reset=True")
+    if auto_reset and restart_state is not None:
+        fresh = jax.lax.stop_gradient(restart_state)  # a restart passes no gradient to the episode before it
+    elif auto_reset:
         key, reset_key = jax.random.split(key)
         fresh = env.reset(reset_key)
     carry = carry.replace(key=key)
@@ -257,10 +263,12 @@ def episode(
     record_pipeline_state: bool | Callable[[Any], Any] = False,
     action_key: jax.Array | None = None,
     cut_probe: jax.Array | None = None,
+    restart: bool = False,
 ) -> Trajectory:
     """One episode of at most ``length`` steps from ``start_state``, masked after it ends: deterministic, or
     sampling a stochastic policy's actions with ``action_key`` (ILD's rollouts, an expert's demos).
-    ``cut_probe``: as in ``unroll``."""
+    ``restart``: a termination restarts the episode from ``start_state`` and the ``length`` steps run on (ILD's
+    authors' auto-reset; ``done`` marks each end, nothing is masked). ``cut_probe``: as in ``unroll``."""
     key = jax.random.PRNGKey(0) if action_key is None else action_key
     _, trajectory = unroll(
         env,
@@ -270,10 +278,12 @@ def episode(
         start_from(start_state, policy, key),
         length,
         episode_length=length,
+        auto_reset=restart,
         deterministic=action_key is None,
         gradients=gradients,
         record_pipeline_state=record_pipeline_state,
         cut_probe=cut_probe,
+        restart_state=start_state if restart else None,
     )
     return trajectory
 

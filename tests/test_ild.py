@@ -22,6 +22,8 @@ from diffrl.algos.ild import (
     ILDConfig,
     action_error,
     fold_states,
+    load_imitation_demos,
+    rollout_metrics,
     sampled_action_error,
     state_normalizer,
     valid_states,
@@ -183,6 +185,27 @@ def bad_copy(source: pathlib.Path, target: pathlib.Path, **changes) -> pathlib.P
     return target
 
 
+def test_a_restarted_rollouts_states_after_the_fall_enter_the_distance_and_its_return_is_the_first_episodes():
+    """``after_termination=restart``: the terminal state stays out, the restarted episode's states come in;
+    the logged return is the first episode's, the terminations are counted."""
+    done = jnp.array([[0.0, 1.0, 0.0, 0.0, 1.0, 0.0]])
+    trajectory = Trajectory(
+        observation=jnp.zeros((1, 6, 1)),
+        action=jnp.zeros((1, 6, 1)),
+        reward=jnp.array([[1.0, 2.0, 4.0, 8.0, 16.0, 32.0]]),
+        done=done,
+        truncation=jnp.zeros_like(done),
+        next_observation=jnp.zeros((1, 6, 1)),
+        alive=jnp.ones_like(done),
+    )
+    np.testing.assert_array_equal(valid_states(trajectory), [[1, 0, 1, 1, 0, 1]])
+    metrics = rollout_metrics(trajectory)
+    assert float(metrics["return"]) == 3.0 and float(metrics["terminations"]) == 2.0
+    assert float(metrics["valid_fraction"]) == pytest.approx(4 / 6)
+    with pytest.raises(ValueError, match="unknown algo.after_termination 'reset'; valid choices: mask, restart"):
+        ILDConfig(demo="d.npz", task=TASK, backend=BACKEND, after_termination="reset")
+
+
 def test_bad_demo_files_get_one_line_that_says_which_and_how_to_make_one(teacher_demo, acrobot, tmp_path):
     cases = {
         "missing": (tmp_path / "nope.npz", "no demo file"),
@@ -215,6 +238,17 @@ def test_diffrl_train_refuses_a_mismatched_demo_file_in_one_line(teacher_demo, t
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("diffrl train: error:") and "holds demos of env 'acrobot', not 'cartpole_swingup'" in last
     assert "diffrl demos env=cartpole_swingup" in last
+
+
+def test_a_float64_run_loads_float32_demos_but_refuses_to_start_from_the_demos_start_state(teacher_demo):
+    """Under float64 a reset key draws other numbers than the float32 run that recorded the demo: random resets
+    (the default start) load; ``start=demo``, which would start elsewhere than the demo did, is refused."""
+    with jax.enable_x64(True):
+        env = make_env(TASK, BACKEND)
+        demos = load_imitation_demos(imitation_config(ILDConfig, teacher_demo, start="resets"), env)
+        assert np.array_equal(demos.state, load_demos(teacher_demo, TASK, BACKEND).first(1).state)
+        with pytest.raises(DemoError, match="algo.start=demo needs the demo's start state, which a float64 run"):
+            load_imitation_demos(imitation_config(ILDConfig, teacher_demo, start="demo"), env)
 
 
 # --- learning -----------------------------------------------------------------------------------------------

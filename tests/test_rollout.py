@@ -11,7 +11,7 @@ from brax.envs.base import Env, State
 from diffrl.envs import make_env
 from diffrl.evaluation import make_episode_stats
 from diffrl.networks import Policy, make_mlp_policy
-from diffrl.rollout import episode_return, start, start_from, unroll
+from diffrl.rollout import episode, episode_return, start, start_from, unroll
 
 
 class Countdown(Env):
@@ -94,6 +94,26 @@ def test_auto_reset_starts_fresh_episodes_with_a_fresh_policy_carry():
     assert obs[3] in (0.0, 100.0) and obs[6] in (0.0, 100.0)
     assert float(carry.policy_carry[0]) == 1.0  # one step into the third episode
     assert int(carry.steps) == 1 and bool(carry.alive)
+
+
+def test_a_restarting_episode_runs_on_from_its_own_start_state_after_each_termination():
+    """ILD's authors' auto-reset (``after_termination=restart``): back to the env's own first state, not a new
+    reset; every step counts, ``done`` marks each end; the terminal state is recorded before the restart."""
+    env = Countdown(lifetime=3)
+    params, normalizer = COUNTER.init(jax.random.PRNGKey(0)), COUNTER.init_normalizer()
+    first = env.reset(jax.random.PRNGKey(0)).replace(obs=jnp.array([7.0]))
+    traj = jax.jit(lambda s: episode(env, COUNTER, params, normalizer, s, 8, restart=True))(first)
+    np.testing.assert_array_equal(traj.observation[:, 0], [7, 8, 9, 7, 8, 9, 7, 8])
+    np.testing.assert_array_equal(traj.next_observation[:, 0], [8, 9, 10, 8, 9, 10, 8, 9])
+    np.testing.assert_array_equal(traj.done, [0, 0, 1, 0, 0, 1, 0, 0])
+    np.testing.assert_array_equal(traj.reward, np.ones(8))
+    assert np.all(traj.alive) and not np.any(traj.truncation)
+    masked = jax.jit(lambda s: episode(env, COUNTER, params, normalizer, s, 8))(first)
+    np.testing.assert_array_equal(masked.reward, [1, 1, 1, 0, 0, 0, 0, 0])
+    with pytest.raises(ValueError, match="restart_state is where auto_reset restarts an episode"):
+        unroll(
+            env, COUNTER, params, normalizer, start_from(first, COUNTER, jax.random.PRNGKey(1)), 4, restart_state=first
+        )
 
 
 def test_a_continued_unroll_picks_up_where_the_last_one_stopped():

@@ -11,8 +11,9 @@ ILD, per iteration:
    ``start=demo``: every rollout from the best demo's own start state;
 2. the trajectory distance (``algo.loss``: two-way Chamfer, or time-aligned Euclidean L2;
    ``diffrl.algos.trajectory_distance``) between each rollout's physics states and the demos' (the nearest of
-   ``algo.demos``), both normalised by running statistics of the states and clipped to +-``state_clip``. A
-   state after a termination never enters it (the authors' envs auto-reset) and passes no gradient;
+   ``algo.demos``), both normalised by running statistics of the states and clipped to +-``state_clip``. The
+   state a termination leaves never enters it and passes no gradient; after it, ``after_termination=mask``
+   drops the rest of the rollout, ``restart`` (the authors' auto-reset) restarts it from its start state;
 3. loss (``algo.squash``): tanh of the batch-mean distance (the authors' Chamfer loss), no tanh (their L2
    loss), or the mean of per-rollout tanh (diffrl's earlier choice);
 4. one Adam step, the gradient flowing back through time as the authors let it: each step's state cotangent
@@ -56,6 +57,7 @@ from diffrl.rollout import ROLLOUT_AXIS, Trajectory, episode
 
 ILD_GRADIENTS = GradientConfig(truncation=10, step_clip=1.0, step_clip_scope="batch", clip_norm=0.3)  # the paper's
 STARTS = ("resets", "demo")
+AFTER_TERMINATION = ("mask", "restart")
 BC_LOSSES = ("sampled", "mean")
 SQUASHES = ("tanh_of_mean", "none", "mean_of_tanh")
 AFTER_WARMUP = ("fresh", "continue")
@@ -78,6 +80,9 @@ class ImitationConfig:
     learning_rate: float = 1e-3  # Adam
     num_envs: int = 16  # rollouts per iteration (ILD: trained on; BC: measured), paper: 300
     start: str = "resets"  # resets: N random resets drawn once (the authors') | demo: the demo's start state
+    # A rollout whose body falls: mask (the rest of its steps leave the distance) | restart (from its start state,
+    # the remaining steps entering the distance: the authors' Brax 0.0.x auto-reset)
+    after_termination: str = "mask"
     bc_loss: str = "sampled"  # sampled: sampled actions, summed over dims (the authors') | mean: tanh(mean), MSE
     bc_clip_norm: float | None = 0.3  # global-norm clip of BC's gradient (the authors')
     state_clip: float | None = 5.0  # clip normalised states to +-state_clip in the distance (the authors')
@@ -85,6 +90,7 @@ class ImitationConfig:
 
     def __post_init__(self):
         check_choice("start", self.start, STARTS)
+        check_choice("after_termination", self.after_termination, AFTER_TERMINATION)
         check_choice("bc_loss", self.bc_loss, BC_LOSSES)
         if self.num_envs < 1:
             raise ValueError(f"algo.num_envs must be >= 1, got {self.num_envs}")
@@ -140,6 +146,15 @@ def load_imitation_demos(config: ImitationConfig, env: Env, check_start_state: b
     demos = demos.first(config.demos)
     if not check_start_state:
         return demos
+    if jnp.asarray(0.0).dtype == jnp.float64:
+        # Under float64 a reset key draws other numbers than under the float32 run that recorded the demo: the
+        # demo's start state cannot be rebuilt. Random resets (the default start) never need it.
+        if config.start == "demo":
+            raise DemoError(
+                f"{path}: algo.start=demo needs the demo's start state, which a float64 run cannot rebuild from "
+                f"the recorded float32 reset key; use algo.start=resets or hardware.enable_x64=false"
+            )
+        return demos
     # The start state is rebuilt from its reset key: the same key must give the same state here.
     rebuilt = jax.jit(lambda key: state_features(env.reset(key).pipeline_state))(jnp.asarray(demos.reset_key[0]))
     scale = 1.0 + float(jnp.max(jnp.abs(rebuilt)))
@@ -190,8 +205,28 @@ def state_normalizer(states: jax.Array) -> NormalizerState:
 def valid_states(trajectory: Trajectory) -> jax.Array:
     """[..., T]: the recorded states (after each step) that belong to a running episode: not after a
     termination, nor the terminal state itself (the authors' auto-reset replaced it). A time-out is no end."""
-    terminated = (trajectory.done > 0) & (trajectory.truncation == 0)
-    return trajectory.alive.astype(bool) & ~terminated
+    return trajectory.alive.astype(bool) & ~terminations(trajectory)
+
+
+def terminations(trajectory: Trajectory) -> jax.Array:
+    """[..., T]: the steps at which an episode terminated (a fall; not a time-out)."""
+    return (trajectory.done > 0) & (trajectory.truncation == 0)
+
+
+def first_episode(trajectory: Trajectory) -> jax.Array:
+    """[..., T]: the steps of each rollout's first episode (a restarted rollout runs on after it)."""
+    terminated = terminations(trajectory).astype(jnp.int32)
+    return (jnp.cumsum(terminated, axis=-1) - terminated) == 0
+
+
+def rollout_metrics(trajectory: Trajectory) -> dict[str, jax.Array]:
+    """What the iteration's rollouts did: their first episode's return (an episode's return, whether or not the
+    rollout restarts), their terminations (falls) per rollout, and the share of their states in the distance."""
+    return {
+        "return": jnp.mean(jnp.sum(jnp.where(first_episode(trajectory), trajectory.reward, 0.0), axis=-1)),
+        "terminations": jnp.mean(jnp.sum(terminations(trajectory), axis=-1)),
+        "valid_fraction": jnp.mean(valid_states(trajectory)),
+    }
 
 
 def without_invalid_gradients(states: jax.Array, valid: jax.Array) -> jax.Array:
@@ -263,10 +298,13 @@ class Imitation:
         """The observation normaliser, started from the demos' observations (what BC sees)."""
         return self.policy.update_normalizer(self.policy.init_normalizer(), self.demos.observation)
 
-    def rollout(self, flat, normalizer, start_state, key, deterministic: bool, cut_probe=None) -> Trajectory:
+    def rollout(
+        self, flat, normalizer, start_state, key, deterministic: bool, cut_probe=None, restart: bool = False
+    ) -> Trajectory:
         """One ``episode_length``-step episode from ``start_state``, through ``algo.grad``'s gradient options;
         its ``pipeline_state`` holds each step's ``state_features``. ``cut_probe``'s gradient counts the steps
-        whose backward pass was cut (``diffrl.rollout.finite_cotangent``)."""
+        whose backward pass was cut (``diffrl.rollout.finite_cotangent``). ``restart``: a fall restarts it from
+        ``start_state`` (``after_termination=restart``)."""
         # Without grad.step_clip no step is cut: the probe goes unused and its gradient is 0.
         cut_probe = cut_probe if self.core.grad.step_clip else None
         return episode(
@@ -280,6 +318,7 @@ class Imitation:
             record_pipeline_state=state_features,
             action_key=None if deterministic else key,
             cut_probe=cut_probe,
+            restart=restart,
         )
 
     def rollouts(self, flat, normalizer, start_keys, key, cut_probe=None) -> Trajectory:
@@ -287,7 +326,8 @@ class Imitation:
         vmapped over ``ROLLOUT_AXIS`` (``grad.step_clip_scope=batch`` clips their per-step cotangent together)."""
         keys = jax.random.split(key, start_keys.shape[0])
         starts = self.start_states(start_keys)
-        rollout = lambda s, k: self.rollout(flat, normalizer, s, k, deterministic=False, cut_probe=cut_probe)  # noqa: E731
+        restart = self.config.after_termination == "restart"
+        rollout = lambda s, k: self.rollout(flat, normalizer, s, k, False, cut_probe, restart)  # noqa: E731
         return jax.vmap(rollout, axis_name=ROLLOUT_AXIS)(starts, keys)
 
     def distances(self, states, valid, statistics: NormalizerState, kind: str) -> jax.Array:
@@ -380,7 +420,7 @@ class BC(Imitation):
         )
         trajectory = self.rollouts(flat, state.normalizer, state.start_keys, rollout_key)
         metrics = {
-            "return": jnp.mean(jnp.sum(trajectory.reward, axis=-1)),
+            **rollout_metrics(trajectory),
             "bc_loss": losses[-1],
             "action_error": action_error(self.policy, self.core.unravel(flat), state.normalizer, self.demos),
             "policy_std": self.mean_std(flat, state.normalizer),
@@ -476,11 +516,10 @@ class ILD(Imitation):
         statistics, trajectory, distances = jax.lax.stop_gradient(aux)
         new_state = state.replace(params=flat, opt_state=opt_state, statistics=statistics, key=key)
         metrics = {
-            "return": jnp.mean(jnp.sum(trajectory.reward, axis=-1)),
+            **rollout_metrics(trajectory),
             "loss": value,
             "loss_distance": jnp.mean(distances),  # on the running statistics the loss used
             "distance": jnp.mean(self.fixed_scale_distance(trajectory)),  # the demos' fixed scale
-            "valid_fraction": jnp.mean(valid_states(trajectory)),
             "policy_std": self.mean_std(state.params, state.normalizer),
             **self.demo_start_measure(flat, state.normalizer),
             **update_metrics(stats),

@@ -3,8 +3,8 @@
 For each trained run (SHAC, PPO or any run ``diffrl eval`` reads) and, with ``--zero-action``, the policy that
 never moves, over the same deterministic-evaluation start states as ``diffrl eval`` (same seed, same starts):
 - the return split into the task's reward terms (the env's ``reward_terms``; shac_ant: forward velocity,
-  0.1 up_z, heading, height - 0.27), summed over each episode, deterministic (mean action) and, for a
-  stochastic policy, sampled;
+  0.1 up_z, heading, height - 0.27; shac_humanoid: the same with its shaped height term, and the action
+  cost), summed over each episode, deterministic (mean action) and, for a stochastic policy, sampled;
 - for a SHAC run, its critic's and target critic's value V(s_t) against the Monte-Carlo discounted return
   G_t = sum_k gamma^k r_(t+k) of the same episode, at the window ends t = 0, H, 2H, ... up to
   ``--value-steps`` (far enough from the 1000-step time limit that the truncated tail is negligible:

@@ -105,6 +105,12 @@ def test_the_humanoid_reward_reads_up_and_heading_after_its_21_joints():
     low = obs.at[0].set(0.8)  # d = -0.04: -200 d^2 = -0.32
     np.testing.assert_allclose(env.reward(low, jnp.ones(21)), 1.0 + 0.1 + 0.5 - 0.32 - 0.042, rtol=1e-5)
     assert not env.terminated(low) and env.terminated(low.at[0].set(0.7))
+    terms = env.reward_terms(low, jnp.ones(21))  # what benchmarks/reward_terms.py splits a return into
+    np.testing.assert_allclose(
+        [terms[k] for k in ("forward_velocity", "up", "heading", "height", "action")],
+        [1.0, 0.1, 0.5, -0.32, -0.042],
+        rtol=1e-5,
+    )
 
 
 def test_the_cartpole_starts_hanging_with_the_authors_noise_and_pays_their_cost():

@@ -244,10 +244,19 @@ class ShacHumanoid(FloatingTorsoEnv):
     termination_height = 0.74
 
     def reward(self, obs, action):
+        return sum(self.reward_terms(obs, action).values())
+
+    def reward_terms(self, obs, action) -> dict[str, jax.Array]:
+        """The reward's terms, in the authors' order: where a return comes from."""
         joints = (self.sys.q_size() - 7) * 2  # joint positions and velocities sit before up_z
         up, heading = obs[11 + joints], obs[12 + joints]
-        height = height_reward(jnp.clip(obs[0] - (self.termination_height + 0.1), -1.0, 0.1), scale=10.0)
-        return obs[5] + 0.1 * up + heading + height - 0.002 * jnp.sum(action**2)
+        return {
+            "forward_velocity": obs[5],
+            "up": 0.1 * up,
+            "heading": heading,
+            "height": height_reward(jnp.clip(obs[0] - (self.termination_height + 0.1), -1.0, 0.1), scale=10.0),
+            "action": -0.002 * jnp.sum(action**2),
+        }
 
 
 class PlanarWalkerEnv(ShacLocomotionEnv):

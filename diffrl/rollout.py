@@ -148,6 +148,11 @@ class Trajectory:
     pipeline_state: Any = None  # the physics state after the step (or what a function makes of it), when asked for
 
 
+def terminations(trajectory: Trajectory) -> jax.Array:
+    """[..., T]: the steps at which an episode terminated (the env's ``done``; a time-out is no termination)."""
+    return (trajectory.done > 0) & (trajectory.truncation == 0)
+
+
 def start(env: Env, policy: Policy, key: jax.Array) -> RolloutCarry:
     """A fresh episode from ``env.reset``."""
     reset_key, key = jax.random.split(key)
@@ -198,7 +203,7 @@ def unroll(
     key = carry.key
     if restart_state is not None and not auto_reset:
         raise ValueError("unroll: restart_state is where auto_reset restarts an episode; it needs auto_reset=True")
-    if auto_reset and restart_state is not None:
+    if restart_state is not None:
         fresh = jax.lax.stop_gradient(restart_state)  # a restart passes no gradient to the episode before it
     elif auto_reset:
         key, reset_key = jax.random.split(key)

@@ -53,7 +53,7 @@ from diffrl.algos.apg import APGCore, GradientConfig, UpdateStats, guarded_step,
 from diffrl.algos.trajectory_distance import DISTANCES, trajectory_distance
 from diffrl.demo_file import DemoError, Demos, check_demos_fit, load_demos, state_features
 from diffrl.networks.base import NormalizerState, Params, Policy
-from diffrl.rollout import ROLLOUT_AXIS, Trajectory, episode
+from diffrl.rollout import ROLLOUT_AXIS, Trajectory, episode, terminations
 
 ILD_GRADIENTS = GradientConfig(truncation=10, step_clip=1.0, step_clip_scope="batch", clip_norm=0.3)  # the paper's
 STARTS = ("resets", "demo")
@@ -148,7 +148,8 @@ def load_imitation_demos(config: ImitationConfig, env: Env, check_start_state: b
         return demos
     if jnp.asarray(0.0).dtype == jnp.float64:
         # Under float64 a reset key draws other numbers than under the float32 run that recorded the demo: the
-        # demo's start state cannot be rebuilt. Random resets (the default start) never need it.
+        # demo's start state cannot be rebuilt. Random resets (the default start) never need it; the logged
+        # ``*_demo_start`` measures then start from the float64 reset of the demo's key, not the demo's state.
         if config.start == "demo":
             raise DemoError(
                 f"{path}: algo.start=demo needs the demo's start state, which a float64 run cannot rebuild from "
@@ -206,11 +207,6 @@ def valid_states(trajectory: Trajectory) -> jax.Array:
     """[..., T]: the recorded states (after each step) that belong to a running episode: not after a
     termination, nor the terminal state itself (the authors' auto-reset replaced it). A time-out is no end."""
     return trajectory.alive.astype(bool) & ~terminations(trajectory)
-
-
-def terminations(trajectory: Trajectory) -> jax.Array:
-    """[..., T]: the steps at which an episode terminated (a fall; not a time-out)."""
-    return (trajectory.done > 0) & (trajectory.truncation == 0)
 
 
 def first_episode(trajectory: Trajectory) -> jax.Array:

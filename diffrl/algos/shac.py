@@ -40,7 +40,7 @@ from diffrl.algos.apg import GradientConfig
 from diffrl.algos.returns import short_horizon_objective, td_lambda_targets
 from diffrl.networks import make_value_network
 from diffrl.networks.base import NormalizerState, Params, Policy
-from diffrl.rollout import RolloutCarry, start, unroll
+from diffrl.rollout import RolloutCarry, start, terminations, unroll
 
 _NEVER_APPLY_NONFINITE = 2**31 - 1
 
@@ -207,9 +207,8 @@ class SHAC:
             return jnp.zeros_like(trajectory.reward)
         observed = self.policy.normalize(trajectory.next_observation, normalizer)
         values = self.critic_net.apply(target_critic, observed)
-        terminated = (trajectory.done > 0) & (trajectory.truncation == 0)
         broken = ~jnp.all(jnp.isfinite(trajectory.next_observation), axis=-1)
-        return jnp.where(terminated | broken, 0.0, values)
+        return jnp.where(terminations(trajectory) | broken, 0.0, values)
 
     # --- the critic -----------------------------------------------------------------------------
     def fit_critic(self, critic: Params, opt_state, observations: jax.Array, targets: jax.Array, lr, key):

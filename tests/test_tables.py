@@ -252,3 +252,38 @@ def test_the_ild_distance_table_gives_each_variant_its_column_and_refuses_two_ru
     fake_imitation_run(tmp_path / "c" / "hopper_ild", "hopper", "ild", [0.6, 0.4])
     with pytest.raises(SystemExit, match="two runs of ILD on hopper"):
         ild_distances.main([str(tmp_path / "b"), str(tmp_path / "c")])
+
+
+def fake_eval(path, per_episode):
+    """An eval.json as `diffrl eval` writes it: per seed, every episode's return."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    means = [float(np.mean(r)) for r in per_episode]
+    path.write_text(json.dumps({"return_per_episode": per_episode, "return": {"per_seed": means}}))
+    return path
+
+
+def test_compare_evals_pairs_the_seeds_of_both_methods_in_order_and_pools_seed_families(tmp_path):
+    """Method A's seeds pair with B's in the order given, across files (seed families); the differences, the
+    count of seeds where A is ahead and the one-sided tests are A's over B's, never the other way round."""
+    compare_evals = import_tool("compare_evals")
+    a = [
+        fake_eval(tmp_path / "a0" / "eval.json", [[10.0, 12.0], [4.0, 6.0]]),
+        fake_eval(tmp_path / "a1.json", [[9.0, 9.0]]),
+    ]
+    b = [
+        fake_eval(tmp_path / "b0" / "eval.json", [[7.0, 9.0], [6.0, 8.0]]),
+        fake_eval(tmp_path / "b1.json", [[5.0, 5.0]]),
+    ]
+    table = compare_evals.comparison(a, b, ("SHAC", "PPO"))
+    rows = [line for line in table.splitlines() if line.startswith("| a")]
+    assert rows[0] == "| a0[0] (2 episodes) / b0[0] (2 episodes) | 11.0 ± 1.0 | 8.0 ± 1.0 | +3.0 |"
+    assert rows[1].endswith("| 5.0 ± 1.0 | 7.0 ± 1.0 | -2.0 |")
+    assert rows[2].startswith("| a1[0] (2 episodes) / b1[0]") and rows[2].endswith("| +4.0 |")
+    assert "| **mean ± std over 3 seeds** | **8.3 ± 2.5** | **6.7 ± 1.2** | **+1.7** |" in table
+    assert "SHAC above PPO on 2 of 3 seed pairs" in table
+    welch = float(table.split("Welch's t = ")[1].split(",")[0])
+    assert welch > 0  # A's mean is the larger: the statistic of "A above B" is positive
+    reversed_table = compare_evals.comparison(b, a, ("PPO", "SHAC"))
+    assert float(reversed_table.split("Welch's t = ")[1].split(",")[0]) == -welch
+    with pytest.raises(SystemExit, match="must pair up"):
+        compare_evals.comparison(a[:1], b, ("SHAC", "PPO"))

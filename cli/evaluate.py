@@ -21,6 +21,7 @@ def main(cfg: DictConfig) -> None:
             seed=int(cfg.seed),
             html=bool(cfg.html),
             platform=cfg.hardware_platform,
+            early_exit=bool(cfg.early_exit),
         )
     except FileNotFoundError as err:  # not a run directory, or a run that never checkpointed: one line
         print(f"diffrl eval: error: {err}", file=sys.stderr)

@@ -52,7 +52,12 @@ def write_replay(exp, params, normalizer, key, path: pathlib.Path) -> int:
 
 
 def evaluate_run(
-    run_dir: str | pathlib.Path, episodes: int = 16, seed: int = 12345, html: bool = False, platform: str = "cpu"
+    run_dir: str | pathlib.Path,
+    episodes: int = 16,
+    seed: int = 12345,
+    html: bool = False,
+    platform: str = "cpu",
+    early_exit: bool = False,
 ) -> dict[str, Any]:
     run_dir = pathlib.Path(run_dir).expanduser().absolute()
     cfg = load_run_config(run_dir)
@@ -60,7 +65,9 @@ def evaluate_run(
     exp, params, normalizer, iteration = load_policy(run_dir, cfg)
     key = jax.random.PRNGKey(seed)
     stats = jax.device_get(
-        make_episode_stats(exp.env, exp.policy, exp.episode_length, episodes)(params, normalizer, key)
+        make_episode_stats(exp.env, exp.policy, exp.episode_length, episodes, early_exit=early_exit)(
+            params, normalizer, key
+        )
     )
     per_episode = {name: np.asarray(values) for name, values in stats.items()}
     per_seed = per_episode["return"].mean(axis=1)
@@ -73,6 +80,7 @@ def evaluate_run(
         "episodes_per_seed": episodes,
         "episode_length_limit": exp.episode_length,
         "eval_seed": seed,
+        "early_exit": early_exit,
     }
     for name, values in per_episode.items():  # return, length and the task's own metrics
         result[name] = mean_std(values.mean(axis=1).tolist())

@@ -1,13 +1,14 @@
-"""Evaluation: the balance measure, and the evaluator's shapes and determinism."""
+"""Evaluation: the balance measure, the evaluator's shapes and determinism, and its early exit."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from brax.envs.base import Wrapper
 
 from diffrl.envs import TASKS, make_env
-from diffrl.evaluation import make_episode_stats
-from diffrl.networks import make_gru_policy
+from diffrl.evaluation import chunk_length, make_episode_stats
+from diffrl.networks import make_gaussian_mlp_policy, make_gru_policy
 
 
 @pytest.mark.parametrize(
@@ -38,3 +39,48 @@ def test_episode_stats_shapes_and_hanging_policy():
     assert np.all((out["return"] > 60) & (out["return"] < 90)), out["return"]
     np.testing.assert_array_equal(out["return"][0], out["return"][1])  # every seed sees the same starts
     assert np.all(out["upright_fraction"] == 0)
+
+
+class CountingSteps(Wrapper):
+    """Counts (on the host) every env step simulated, one per episode per step under the vmaps."""
+
+    def __init__(self, env):
+        super().__init__(env)
+        self.steps = 0
+
+    def step(self, state, action):
+        jax.debug.callback(self.count, state.obs[0])
+        return self.env.step(state, action)
+
+    def count(self, _):
+        self.steps += 1
+
+
+@pytest.mark.parametrize("sample_actions", [False, True])
+def test_the_early_exit_stops_once_every_episode_has_ended_with_the_default_evaluations_numbers(sample_actions):
+    """Falling pendulums (an untrained policy): with ``early_exit`` far fewer steps are simulated than the default
+    evaluation's episodes x episode_length, and here the returns and lengths are the default's bit for bit (on
+    MJX's chaotic humanoid they agree to float32 rounding only: README, "Evaluation")."""
+    env = CountingSteps(make_env("inverted_pendulum", "generalized"))
+    policy = make_gaussian_mlp_policy(env.observation_size, env.action_size, hidden_sizes=(8,))
+    stack = lambda tree: jax.tree.map(lambda *x: jnp.stack(x), *tree)  # noqa: E731
+    params = stack([policy.init(jax.random.PRNGKey(i)) for i in range(2)])
+    normalizer = stack([policy.init_normalizer()] * 2)
+    length, episodes, key = 200, 6, jax.random.PRNGKey(3)
+    evaluate = lambda early_exit: make_episode_stats(  # noqa: E731
+        env, policy, length, episodes, sample_actions=sample_actions, early_exit=early_exit
+    )(params, normalizer, key)
+    early = evaluate(True)
+    simulated, env.steps = env.steps, 0
+    whole = evaluate(False)
+    assert env.steps == 2 * episodes * length  # the default simulates every step
+    np.testing.assert_array_equal(early["return"], whole["return"])
+    np.testing.assert_array_equal(early["length"], whole["length"])
+    last_fall = int(np.max(whole["length"]))
+    assert 0 < last_fall < length  # every episode fell before its time limit
+    chunk = chunk_length(length)
+    assert simulated == 2 * episodes * (-(-last_fall // chunk) * chunk), (simulated, last_fall)  # whole chunks
+
+
+def test_the_early_exit_chunks_tile_the_episode():
+    assert chunk_length(1000) == 50 and chunk_length(128) == 32 and chunk_length(7) == 7 and chunk_length(53) == 1

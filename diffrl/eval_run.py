@@ -11,7 +11,7 @@ import jax
 import numpy as np
 from omegaconf import OmegaConf
 
-from diffrl.evaluation import make_episode_stats
+from diffrl.evaluation import make_episode_stats, task_metrics_hook
 from diffrl.experiment import configure_jax, mean_std
 from diffrl.loggers import to_jsonable
 from diffrl.rollout import episode
@@ -64,6 +64,8 @@ def evaluate_run(
     configure_jax(OmegaConf.merge(cfg.hardware, {"platform": platform}))
     exp, params, normalizer, iteration = load_policy(run_dir, cfg)
     key = jax.random.PRNGKey(seed)
+    if early_exit and task_metrics_hook(exp.env) is not None:
+        log.warning("early_exit=true does nothing on %s: its episode metrics read whole episodes", cfg.env.name)
     stats = jax.device_get(
         make_episode_stats(exp.env, exp.policy, exp.episode_length, episodes, early_exit=early_exit)(
             params, normalizer, key

@@ -6,7 +6,7 @@ episode ends at a termination or at ``episode_length`` steps, and steps after th
 stop once every one of them has ended, so a humanoid that falls after 50 steps does not simulate 950 masked
 ones. The per-step computation is the same but the compiled program is another: the numbers agree with the
 whole-length evaluation to float32 rounding, not always bit for bit (on MJX's humanoid a few 1e-5 of a return,
-and a chaotic episode may end a step sooner; ``README, "Evaluation"``). Off by default, so every committed number
+and a chaotic episode may end a step sooner; README, "Evaluation"). Off by default, so every committed number
 reproduces exactly.
 Task-specific measures come from the env's ``episode_metrics`` hook (the swing-up tasks report
 ``upright_fraction``); generic code never names a task.

@@ -257,7 +257,7 @@ def test_every_trainer_runs_on_a_terminating_brax_task(algo, tmp_path):
 
 
 def test_ppo_on_a_terminating_brax_task_through_the_command_line_with_a_replay(tmp_path):
-    """`diffrl train` + `diffrl eval html=true` on the inverted pendulum (Brax's PPO)."""
+    """`diffrl train` + `diffrl eval html=true` (and `early_exit=true`) on the inverted pendulum (Brax's PPO)."""
     run_diffrl("train", *PENDULUM, "algo=ppo", *TINY["ppo"], cwd=tmp_path)
     (run_dir,) = (tmp_path / "outputs" / "train").glob("*/*_inverted_pendulum_ppo")
     check_terminating_run(json.loads((run_dir / "summary.json").read_text()), run_dir)
@@ -266,6 +266,12 @@ def test_ppo_on_a_terminating_brax_task_through_the_command_line_with_a_replay(t
     assert all(1 <= n <= PENDULUM_LIMIT for n in result["length_per_episode"][0])
     assert 1 <= result["replay"]["frames"] < PENDULUM_LIMIT  # the replay stops where its episode ended
     assert (run_dir / "replay.html").stat().st_size > 1000
+    # early_exit=true reaches the evaluator from the command line and gives the default's numbers
+    run_diffrl("eval", f"run_dir={run_dir}", "episodes=2", "early_exit=true", cwd=tmp_path)
+    early = json.loads((run_dir / "eval.json").read_text())
+    assert early["early_exit"] is True and result["early_exit"] is False
+    assert early["length_per_episode"] == result["length_per_episode"]
+    np.testing.assert_allclose(early["return_per_episode"], result["return_per_episode"], rtol=1e-5)
 
 
 @pytest.mark.slow

@@ -66,6 +66,7 @@ def evaluate_run(
     key = jax.random.PRNGKey(seed)
     if early_exit and task_metrics_hook(exp.env) is not None:
         log.warning("early_exit=true does nothing on %s: its episode metrics read whole episodes", cfg.env.name)
+        early_exit = False  # eval.json records what ran
     stats = jax.device_get(
         make_episode_stats(exp.env, exp.policy, exp.episode_length, episodes, early_exit=early_exit)(
             params, normalizer, key

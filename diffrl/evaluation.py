@@ -4,10 +4,10 @@ It is the training rollout (``diffrl.rollout.unroll``) with the mean action and 
 episode ends at a termination or at ``episode_length`` steps, and steps after the end are masked.
 ``early_exit`` (``diffrl eval early_exit=true``; tasks without a hook): the episodes run in chunks of steps and
 stop once every one of them has ended, so a humanoid that falls after 50 steps does not simulate 950 masked
-ones. The per-step computation is the same but the compiled program is another: the numbers agree with the
-whole-length evaluation to float32 rounding, not always bit for bit (on MJX's humanoid a few 1e-5 of a return,
-and a chaotic episode may end a step sooner; README, "Evaluation"). Off by default, so every committed number
-reproduces exactly.
+ones. The per-step computation is the same but the compiled program is another: per-step values agree with the
+whole-length evaluation to float32 rounding, and on a chaotic body that can move an episode's end by a step or
+more (README, "Evaluation": the humanoid's mean moved by 0.001 and 0.09). Off by default, so every committed
+number reproduces exactly.
 Task-specific measures come from the env's ``episode_metrics`` hook (the swing-up tasks report
 ``upright_fraction``); generic code never names a task.
 """
@@ -54,22 +54,24 @@ def make_episode_stats(
         key = action_key if sample_actions else jax.random.PRNGKey(0)
 
         def run_chunk(loop):
-            i, carry, rewards, length = loop
+            i, carry, rewards, alive_steps = loop
             carry, trajectory = unroll(
                 env, policy, params, normalizer, carry, chunk, episode_length=episode_length,
                 deterministic=not sample_actions,
             )  # fmt: skip
             rewards = jax.lax.dynamic_update_slice(rewards, trajectory.reward, (i * chunk,))
-            return i + 1, carry, rewards, length + jnp.sum(trajectory.alive)
+            return i + 1, carry, rewards, alive_steps + jnp.sum(trajectory.alive, dtype=alive_steps.dtype)
 
         def running(loop):
             i, carry, _, _ = loop
+            # carry.alive turns false at the time limit too; the index bound keeps the buffer writes in range
             return jnp.logical_and(i * chunk < episode_length, carry.alive)
 
         rewards = jnp.zeros(episode_length, start_state.reward.dtype)
-        loop = (jnp.zeros((), jnp.int32), start_from(start_state, policy, key), rewards, jnp.zeros((), jnp.int32))
-        _, _, rewards, length = jax.lax.while_loop(running, run_chunk, loop)
-        return {"return": jnp.sum(rewards), "length": length}
+        # jnp.int_: the default path's length dtype (int64 under x64), so both paths return the same types
+        loop = (jnp.zeros((), jnp.int32), start_from(start_state, policy, key), rewards, jnp.zeros((), jnp.int_))
+        _, _, rewards, alive_steps = jax.lax.while_loop(running, run_chunk, loop)
+        return {"return": jnp.sum(rewards), "length": alive_steps}
 
     def one_episode(params: Params, normalizer: NormalizerState, start_state, action_key) -> dict[str, jax.Array]:
         record = hook is not None

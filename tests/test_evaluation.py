@@ -56,13 +56,25 @@ class CountingSteps(Wrapper):
         self.steps += 1
 
 
-@pytest.mark.parametrize("sample_actions", [False, True])
-def test_the_early_exit_stops_once_every_episode_has_ended_with_the_default_evaluations_numbers(sample_actions):
-    """Falling pendulums (an untrained policy): with ``early_exit`` far fewer steps are simulated than the default
-    evaluation's episodes x episode_length, and here the returns and lengths are the default's bit for bit (on
-    MJX's chaotic humanoid they agree to float32 rounding only: README, "Evaluation")."""
+SMALL_POLICIES = {
+    "mlp": lambda obs, act: make_gaussian_mlp_policy(obs, act, hidden_sizes=(8,)),
+    "gru": lambda obs, act: make_gru_policy(obs, act, hidden_size=8),
+}
+
+
+@pytest.mark.parametrize(
+    "sample_actions,make_policy",
+    [(False, "mlp"), (True, "mlp"), (False, "gru")],
+)
+def test_the_early_exit_stops_once_every_episode_has_ended_with_the_default_evaluations_numbers(
+    sample_actions, make_policy
+):
+    """Falling pendulums (an untrained policy; a recurrent one carries its state across chunks): with
+    ``early_exit`` far fewer steps are simulated than the default evaluation's episodes x episode_length, and here
+    the returns and lengths are the default's bit for bit (on MJX's chaotic humanoid they agree to float32
+    rounding only: README, "Evaluation")."""
     env = CountingSteps(make_env("inverted_pendulum", "generalized"))
-    policy = make_gaussian_mlp_policy(env.observation_size, env.action_size, hidden_sizes=(8,))
+    policy = SMALL_POLICIES[make_policy](env.observation_size, env.action_size)
     stack = lambda tree: jax.tree.map(lambda *x: jnp.stack(x), *tree)  # noqa: E731
     params = stack([policy.init(jax.random.PRNGKey(i)) for i in range(2)])
     normalizer = stack([policy.init_normalizer()] * 2)
@@ -80,6 +92,20 @@ def test_the_early_exit_stops_once_every_episode_has_ended_with_the_default_eval
     assert 0 < last_fall < length  # every episode fell before its time limit
     chunk = chunk_length(length)
     assert simulated == 2 * episodes * (-(-last_fall // chunk) * chunk), (simulated, last_fall)  # whole chunks
+
+
+def test_the_early_exit_returns_the_default_paths_types_under_float64():
+    env = make_env("inverted_pendulum", "generalized")
+    policy = make_gaussian_mlp_policy(env.observation_size, env.action_size, hidden_sizes=(8,))
+    with jax.enable_x64(True):
+        params = jax.tree.map(lambda x: jnp.asarray(x)[None], policy.init(jax.random.PRNGKey(0)))
+        normalizer = jax.tree.map(lambda x: jnp.asarray(x)[None], policy.init_normalizer())
+        run = lambda early_exit: make_episode_stats(env, policy, 100, 2, early_exit=early_exit)(  # noqa: E731
+            params, normalizer, jax.random.PRNGKey(1)
+        )
+        early, whole = run(True), run(False)
+    assert early["length"].dtype == whole["length"].dtype == jnp.int64
+    np.testing.assert_array_equal(early["length"], whole["length"])
 
 
 def test_the_early_exit_chunks_tile_the_episode():

@@ -258,7 +258,7 @@ def fake_eval(path, per_episode):
     """An eval.json as `diffrl eval` writes it: per seed, every episode's return."""
     path.parent.mkdir(parents=True, exist_ok=True)
     means = [float(np.mean(r)) for r in per_episode]
-    path.write_text(json.dumps({"return_per_episode": per_episode, "return": {"per_seed": means}}))
+    path.write_text(json.dumps({"return_per_episode": per_episode, "return": {"per_seed": means}, "eval_seed": 12345}))
     return path
 
 
@@ -287,3 +287,7 @@ def test_compare_evals_pairs_the_seeds_of_both_methods_in_order_and_pools_seed_f
     assert float(reversed_table.split("Welch's t = ")[1].split(",")[0]) == -welch
     with pytest.raises(SystemExit, match="must pair up"):
         compare_evals.comparison(a[:1], b, ("SHAC", "PPO"))
+    other_starts = tmp_path / "b2.json"
+    other_starts.write_text(json.dumps({**json.loads(b[1].read_text()), "eval_seed": 7}))
+    with pytest.raises(SystemExit, match="different start states"):
+        compare_evals.comparison(a, [b[0], other_starts], ("SHAC", "PPO"))

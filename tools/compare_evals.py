@@ -49,7 +49,16 @@ def with_error(mean: float, error: float) -> str:
     return f"{mean:.1f}" if np.isnan(error) else f"{mean:.1f} ± {error:.1f}"
 
 
+def check_same_start_states(paths: list[pathlib.Path]) -> None:
+    """Paired seeds must have seen the same start states: every file's eval seed alike."""
+    seeds = {str(path): json.loads(path.read_text()).get("eval_seed") for path in paths}
+    if len(set(seeds.values())) > 1:
+        listed = ", ".join(f"{path}: {seed}" for path, seed in seeds.items())
+        raise SystemExit(f"the files were evaluated from different start states (eval seeds {listed})")
+
+
 def comparison(a: list[pathlib.Path], b: list[pathlib.Path], names: tuple[str, str]) -> str:
+    check_same_start_states([*a, *b])
     a_mean, a_err, a_labels = seed_returns(a)
     b_mean, b_err, b_labels = seed_returns(b)
     if len(a_mean) != len(b_mean):

@@ -42,9 +42,11 @@ def make_episode_stats(
     ``params`` and ``normalizer`` carry a leading seed axis; all seeds see the same start states.
     ``sample_actions``: a stochastic policy samples its actions (ILD's authors evaluated so) instead of acting
     with its mean; the noise differs per episode and is the same for every seed. ``early_exit``: stop simulating
-    once every episode has ended (not with a task hook, which reads the whole trajectory).
+    once every episode has ended (refused with a task hook, which reads the whole trajectory).
     """
     hook = task_metrics_hook(env)
+    if early_exit and hook is not None:
+        raise ValueError("early_exit: this task's episode metrics read whole episodes; evaluate it without")
 
     def one_episode_early_exit(params, normalizer, start_state, action_key) -> dict[str, jax.Array]:
         """As ``one_episode`` without a hook, in chunks of steps until the episode has ended. Under the vmaps a
@@ -94,7 +96,7 @@ def make_episode_stats(
     def stats(params: Params, normalizer: NormalizerState, key: jax.Array) -> dict[str, Any]:
         starts = jax.vmap(env.reset)(jax.random.split(key, episodes))
         action_keys = jax.random.split(jax.random.fold_in(key, 1), episodes)
-        run = one_episode_early_exit if early_exit and hook is None else one_episode
+        run = one_episode_early_exit if early_exit else one_episode
         per_seed = lambda p, n: jax.vmap(lambda s, k: run(p, n, s, k))(starts, action_keys)
         return jax.vmap(per_seed)(params, normalizer)
 

@@ -110,3 +110,9 @@ def test_the_early_exit_returns_the_default_paths_types_under_float64():
 
 def test_the_early_exit_chunks_tile_the_episode():
     assert chunk_length(1000) == 50 and chunk_length(128) == 32 and chunk_length(7) == 7 and chunk_length(53) == 1
+
+
+def test_the_early_exit_is_refused_where_a_task_hook_reads_whole_episodes():
+    env = make_env("acrobot", "analytic")  # its upright_fraction reads every step
+    with pytest.raises(ValueError, match="read whole episodes"):
+        make_episode_stats(env, make_gru_policy(env.observation_size, env.action_size), 500, 2, early_exit=True)

@@ -26,11 +26,14 @@ def run_label(path: pathlib.Path) -> str:
     return path.parent.name if path.name == "eval.json" else path.stem
 
 
-def seed_returns(paths: list[pathlib.Path]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def load(paths: list[pathlib.Path]) -> list[tuple[pathlib.Path, dict]]:
+    return [(path, json.loads(path.read_text())) for path in paths]
+
+
+def seed_returns(files: list[tuple[pathlib.Path, dict]]) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Per-seed mean return, its standard error over the seed's episodes, and a label per seed."""
     means, errors, labels = [], [], []
-    for path in paths:
-        result = json.loads(path.read_text())
+    for path, result in files:
         if "results" in result:  # benchmarks.reward_terms' file: per-seed means only, its first run
             per_seed = result["results"][0]["deterministic"]["return"]["per_seed"]
             means.extend(per_seed)
@@ -49,18 +52,19 @@ def with_error(mean: float, error: float) -> str:
     return f"{mean:.1f}" if np.isnan(error) else f"{mean:.1f} ± {error:.1f}"
 
 
-def check_same_start_states(paths: list[pathlib.Path]) -> None:
+def check_same_start_states(files: list[tuple[pathlib.Path, dict]]) -> None:
     """Paired seeds must have seen the same start states: every file's eval seed alike."""
-    seeds = {str(path): json.loads(path.read_text()).get("eval_seed") for path in paths}
+    seeds = {str(path): result.get("eval_seed") for path, result in files}
     if len(set(seeds.values())) > 1:
         listed = ", ".join(f"{path}: {seed}" for path, seed in seeds.items())
         raise SystemExit(f"the files were evaluated from different start states (eval seeds {listed})")
 
 
 def comparison(a: list[pathlib.Path], b: list[pathlib.Path], names: tuple[str, str]) -> str:
-    check_same_start_states([*a, *b])
-    a_mean, a_err, a_labels = seed_returns(a)
-    b_mean, b_err, b_labels = seed_returns(b)
+    a_files, b_files = load(a), load(b)
+    check_same_start_states([*a_files, *b_files])
+    a_mean, a_err, a_labels = seed_returns(a_files)
+    b_mean, b_err, b_labels = seed_returns(b_files)
     if len(a_mean) != len(b_mean):
         raise SystemExit(f"{names[0]} has {len(a_mean)} seeds and {names[1]} {len(b_mean)}: they must pair up")
     lines = [

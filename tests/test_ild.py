@@ -23,6 +23,7 @@ from diffrl.algos.ild import (
     action_error,
     fold_states,
     load_imitation_demos,
+    reference_distances,
     rollout_metrics,
     sampled_action_error,
     state_normalizer,
@@ -204,6 +205,34 @@ def test_a_restarted_rollouts_states_after_the_fall_enter_the_distance_and_its_r
     assert float(metrics["valid_fraction"]) == pytest.approx(4 / 6)
     with pytest.raises(ValueError, match="unknown algo.after_termination 'reset'; valid choices: mask, restart"):
         ILDConfig(demo="d.npz", task=TASK, backend=BACKEND, after_termination="reset")
+
+
+def test_the_reference_distance_is_the_logged_distance_of_the_experts_other_episodes():
+    """`make ild`'s reference column: an episode equal to the demo is at 0, one shifted by a tenth of the demo's
+    std in every feature at 0.1 + 0.1 (both Chamfer terms, on the demo's own statistics)."""
+    demo = jnp.stack([jnp.array([0.0, 10.0, 20.0]), jnp.array([5.0, -5.0, 0.0])], axis=-1)[None]  # [1, T=3, F=2]
+    shifted = demo[0] + 0.1 * jnp.std(demo[0], axis=0)
+    distances = reference_distances(demo, jnp.stack([demo[0], shifted]))
+    np.testing.assert_allclose(distances, [0.0, 0.2], atol=1e-5)
+
+
+def test_a_masked_rollout_counts_one_fall_though_its_fallen_body_keeps_reporting_done():
+    """``after_termination=mask``: the env keeps stepping the fallen body, whose ``done`` stays up; the fall is
+    counted once and nothing from the terminal state on enters the distance."""
+    done = jnp.array([[0.0, 0.0, 1.0, 1.0, 1.0, 1.0]])
+    trajectory = Trajectory(
+        observation=jnp.zeros((1, 6, 1)),
+        action=jnp.zeros((1, 6, 1)),
+        reward=jnp.array([[1.0, 2.0, 4.0, 0.0, 0.0, 0.0]]),
+        done=done,
+        truncation=jnp.zeros_like(done),
+        next_observation=jnp.zeros((1, 6, 1)),
+        alive=jnp.array([[1.0, 1.0, 1.0, 0.0, 0.0, 0.0]]),
+    )
+    np.testing.assert_array_equal(valid_states(trajectory), [[1, 1, 0, 0, 0, 0]])
+    metrics = rollout_metrics(trajectory)
+    assert float(metrics["terminations"]) == 1.0 and float(metrics["return"]) == 7.0
+    assert float(metrics["valid_fraction"]) == pytest.approx(2 / 6)
 
 
 def test_bad_demo_files_get_one_line_that_says_which_and_how_to_make_one(teacher_demo, acrobot, tmp_path):
@@ -528,6 +557,18 @@ def test_the_step_probe_measures_a_small_gradient_step_lowering_ilds_loss(capsys
     change = float(smallest.split("loss ")[1].split(" ")[0])
     predicted = float(smallest.split("first order: ")[1].split(")")[0])
     assert predicted < 0 and change < 0, smallest
+
+
+def test_the_distance_terms_tool_splits_the_logged_distance_into_its_two_chamfer_terms():
+    """tools/ild_distance_terms.py: its forward and backward terms add up to the distance ILD logs (valid states
+    only), and the deviation it attributes to features sits in the feature that deviates."""
+    terms_tool = import_tool("ild_distance_terms")
+    agent, demo = jax.random.normal(jax.random.PRNGKey(0), (2, 12, 5))
+    valid = jnp.arange(12) < 7
+    terms = terms_tool.chamfer_terms(agent, demo, valid)
+    np.testing.assert_allclose(terms["forward"] + terms["backward"], chamfer_distance(agent, demo, valid), rtol=1e-6)
+    shifted = terms_tool.chamfer_terms(demo.at[:, 3].add(0.01), demo, jnp.ones(12, bool))
+    assert int(jnp.argmax(shifted["per_feature"])) == 3 and float(shifted["per_feature"][3]) == pytest.approx(1e-4)
 
 
 def return_and_distance(ild: ILD, state) -> tuple[float, float]:

@@ -3,6 +3,10 @@
 its lowest and its last, per task and method, from every run's ``metrics.jsonl`` (seed means as logged).
 ``make ild`` runs it on the sweep directory; "falls" is the last below the first.
 
+The last column is the reference: the same distance of the expert's own *other* kept episodes (the demo file's
+episodes after the imitated ones, each from its own random start) to the imitated demo. A policy started from
+other states than the demo's cannot be expected to come much closer than the expert itself does.
+
     python tools/ild_distances.py <sweep dir> [...] [--out <dir>/distance.md]
 """
 
@@ -13,6 +17,10 @@ import json
 import pathlib
 from collections import defaultdict
 
+import numpy as np
+from omegaconf import OmegaConf
+
+from diffrl.demo_file import default_demo_path
 from diffrl.paper_results import TASK_TITLES
 from diffrl.tables import job_variants, row_title
 
@@ -28,10 +36,55 @@ def distance_curve(run_dir: pathlib.Path) -> list[tuple[int, float]]:
     return [(int(r["iteration"]), float(r["distance"])) for r in rows if "distance" in r]
 
 
-def runs(sweep_dirs: list[pathlib.Path]) -> dict[tuple[str, Column], list[tuple[int, float]]]:
-    """(task, column) -> its distance curve, from every finished run under the sweep directories. Runs whose
-    overrides differ (a sweep over ``algo.learning_rate``, say) get their own column, labelled as `diffrl table`
-    labels its rows; two runs of one column on one task are refused, not silently merged."""
+def expert_reference(
+    demo_path: pathlib.Path, imitated: int, length: int, clip: float | None
+) -> tuple[float, int] | None:
+    """(mean, count): the fixed-scale Chamfer distance of the demo file's episodes after the first ``imitated``
+    to the nearest imitated one, on the imitated demos' statistics (the logged distance's scale); None if the
+    file holds no other episode."""
+    import jax.numpy as jnp  # only here: the table itself needs no JAX
+
+    from diffrl.algos.ild import reference_distances
+
+    with np.load(demo_path) as data:
+        states = jnp.asarray(data["state"][:, :length], jnp.float32)
+    if states.shape[0] <= imitated:
+        return None
+    distances = np.asarray(reference_distances(states[:imitated], states[imitated:], clip))
+    return float(distances.mean()), len(distances)
+
+
+# A run's demo: (file, how many of its demos it imitated, episode length, the distance's clip).
+DemoUse = tuple[pathlib.Path, int, int, float | None]
+
+
+def run_demo(run_dir: pathlib.Path, env: str) -> DemoUse:
+    """The run's demo as its config has it; the task's committed demo at ILD's defaults (1 demo, 128 steps, clip
+    5) where the run directory holds no config."""
+    config_path = run_dir / ".hydra" / "config.yaml"
+    algo = OmegaConf.to_container(OmegaConf.load(config_path).algo) if config_path.is_file() else {}
+    demo = algo.get("demo") or default_demo_path(env)
+    imitated, length = int(algo.get("demos", 1)), int(algo.get("episode_length", 128))
+    return pathlib.Path(demo), imitated, length, algo.get("state_clip", 5.0)
+
+
+def references(demos: dict[str, DemoUse]) -> dict[str, str]:
+    """task -> the reference cell ("–" where the demo file holds no other episode)."""
+    cells = {}
+    for task, (path, imitated, length, clip) in demos.items():
+        reference = expert_reference(path, imitated, length, clip) if path.is_file() else None
+        cells[task] = "–" if reference is None else f"{reference[0]:.3f} ({reference[1]} episodes)"
+    return cells
+
+
+Curves = dict[tuple[str, Column], list[tuple[int, float]]]
+
+
+def runs(sweep_dirs: list[pathlib.Path]) -> tuple[Curves, dict[str, DemoUse]]:
+    """(task, column) -> its distance curve, from every finished run under the sweep directories, and each task's
+    demo (refused where two runs of one task imitated different demos). Runs whose overrides differ (a sweep over
+    ``algo.learning_rate``, say) get their own column, labelled as `diffrl table` labels its rows; two runs of one
+    column on one task are refused, not silently merged."""
     jobs = []
     for sweep in sweep_dirs:
         for summary_path in sorted(sweep.glob("*/summary.json")):
@@ -39,8 +92,11 @@ def runs(sweep_dirs: list[pathlib.Path]) -> dict[tuple[str, Column], list[tuple[
             if summary.get("algo") in METHODS and (summary_path.parent / "metrics.jsonl").exists():
                 jobs.append((summary_path.parent, summary["env"], summary["algo"]))
     variants = job_variants([job_dir for job_dir, _, _ in jobs])
-    curves, sources = {}, {}
+    curves, sources, demos = {}, {}, {}
     for job_dir, env, algo in jobs:
+        demo = run_demo(job_dir, env)
+        if demos.setdefault(env, demo) != demo:
+            raise SystemExit(f"runs of {env} imitated different demos: {demos[env]} and {demo} ({job_dir})")
         key = (env, (algo, variants[job_dir]))
         if key in sources:
             title = row_title(algo, variants[job_dir])
@@ -48,7 +104,7 @@ def runs(sweep_dirs: list[pathlib.Path]) -> dict[tuple[str, Column], list[tuple[
         curve = distance_curve(job_dir)
         if curve:
             curves[key], sources[key] = curve, job_dir
-    return curves
+    return curves, demos
 
 
 def cell(curve: list[tuple[int, float]]) -> str:
@@ -65,7 +121,7 @@ def column_order(column: Column) -> tuple[int, str]:
     return METHODS.index(algo), variant
 
 
-def markdown(curves: dict[tuple[str, Column], list[tuple[int, float]]]) -> str:
+def markdown(curves: Curves, reference: dict[str, str]) -> str:
     tasks = sorted({task for task, _ in curves}, key=lambda t: TASK_TITLES.get(t, t))
     columns = sorted({column for _, column in curves}, key=column_order)
     by_task = defaultdict(dict)
@@ -73,14 +129,16 @@ def markdown(curves: dict[tuple[str, Column], list[tuple[int, float]]]) -> str:
         by_task[task][column] = curve
     lines = [
         "Fixed-scale distance of the training rollouts to the demo (the demos' statistics, clipped to ±5, valid "
-        "states only; the seeds' mean as logged): first logged iteration → lowest → last, iteration in brackets.",
+        "states only; the seeds' mean as logged): first logged iteration → lowest → last, iteration in brackets. "
+        "Last column: the same distance of the expert's own other kept episodes (each from its own start) to the "
+        "imitated demo.",
         "",
-        "| task | " + " | ".join(row_title(*column) for column in columns) + " |",
-        "|---|" + "---|" * len(columns),
+        "| task | " + " | ".join(row_title(*column) for column in columns) + " | expert's other episodes |",
+        "|---|" + "---|" * (len(columns) + 1),
     ]
     for task in tasks:
         cells = [cell(by_task[task][c]) if c in by_task[task] else "–" for c in columns]
-        lines.append(f"| {TASK_TITLES.get(task, task)} | " + " | ".join(cells) + " |")
+        lines.append(f"| {TASK_TITLES.get(task, task)} | " + " | ".join([*cells, reference[task]]) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -89,11 +147,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("sweep_dirs", nargs="+", type=pathlib.Path)
     parser.add_argument("--out", type=pathlib.Path, help="markdown file (default: <first sweep dir>/distance.md)")
     args = parser.parse_args(argv)
-    curves = runs(args.sweep_dirs)
+    curves, demos = runs(args.sweep_dirs)
     if not curves:
         parser.error(f"no ILD, ILD-L2 or BC run with a metrics.jsonl under {', '.join(map(str, args.sweep_dirs))}")
     out = args.out or args.sweep_dirs[0] / "distance.md"
-    out.write_text(markdown(curves))
+    out.write_text(markdown(curves, references(demos)))
     print(f"wrote {out}")
 
 

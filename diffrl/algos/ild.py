@@ -203,6 +203,16 @@ def state_normalizer(states: jax.Array) -> NormalizerState:
     return fold_states(init, states)
 
 
+def reference_distances(imitated: jax.Array, others: jax.Array, clip: float | None = 5.0) -> jax.Array:
+    """[K]: the fixed-scale Chamfer distance of each of ``others`` [K, T, F] (whole episodes of the expert, from
+    their own starts) to the nearest ``imitated`` demo [D, T, F], on the imitated demos' statistics clipped to
+    +-``clip``: the logged ``distance``, measured on the expert itself (``tools/ild_distances.py``)."""
+    statistics = state_normalizer(imitated)
+    normalise = lambda states: running_statistics.normalize(states, statistics, max_abs_value=clip)  # noqa: E731
+    demos = normalise(imitated)
+    return jax.vmap(lambda episode: trajectory_distance(episode, demos, "chamfer"))(normalise(others))
+
+
 def valid_states(trajectory: Trajectory) -> jax.Array:
     """[..., T]: the recorded states (after each step) that belong to a running episode: not after a
     termination, nor the terminal state itself (the authors' auto-reset replaced it). A time-out is no end."""
@@ -215,12 +225,18 @@ def first_episode(trajectory: Trajectory) -> jax.Array:
     return (jnp.cumsum(terminated, axis=-1) - terminated) == 0
 
 
+def falls(trajectory: Trajectory) -> jax.Array:
+    """[..., T]: the steps at which a running episode terminated. A masked rollout's fallen body keeps reporting
+    ``done`` at every later step; only the first of them is a fall (a restarted rollout can fall again)."""
+    return trajectory.alive.astype(bool) & terminations(trajectory)
+
+
 def rollout_metrics(trajectory: Trajectory) -> dict[str, jax.Array]:
     """What the iteration's rollouts did: their first episode's return (an episode's return, whether or not the
-    rollout restarts), their terminations (falls) per rollout, and the share of their states in the distance."""
+    rollout restarts), their falls per rollout, and the share of their states in the distance."""
     return {
         "return": jnp.mean(jnp.sum(jnp.where(first_episode(trajectory), trajectory.reward, 0.0), axis=-1)),
-        "terminations": jnp.mean(jnp.sum(terminations(trajectory), axis=-1)),
+        "terminations": jnp.mean(jnp.sum(falls(trajectory), axis=-1)),
         "valid_fraction": jnp.mean(valid_states(trajectory)),
     }
 

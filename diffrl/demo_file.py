@@ -63,6 +63,19 @@ def state_features(pipeline_state: Any) -> jax.Array:
     return jnp.concatenate((pipeline_state.q, pipeline_state.qd), axis=-1)
 
 
+STATE_COMPONENTS = ("pos.x", "pos.y", "pos.z", "quat.w", "quat.x", "quat.y", "quat.z")
+STATE_COMPONENTS += ("vel.x", "vel.y", "vel.z", "angvel.x", "angvel.y", "angvel.z")
+
+
+def state_feature_names(env, size: int) -> list[str]:
+    """Names of ``state_features``' entries: body-major ``<body>.<component>`` where the env's system names its
+    bodies (Brax's pipelines), ``f0``, ``f1``, ... otherwise (the swing-ups' joint coordinates)."""
+    bodies = list(getattr(getattr(env, "sys", None), "link_names", None) or [])
+    if bodies and len(bodies) * len(STATE_COMPONENTS) == size:
+        return [f"{body}.{part}" for body in bodies for part in STATE_COMPONENTS]
+    return [f"f{i}" for i in range(size)]
+
+
 def state_size(env) -> int:
     """Length of ``state_features`` for ``env`` (traced, not run)."""
     shape = jax.eval_shape(lambda key: state_features(env.reset(key).pipeline_state), jax.random.PRNGKey(0))

@@ -211,12 +211,16 @@ def test_diffrl_table_command(tmp_path):
     assert (tmp_path / "out" / "results.md").is_file() and (tmp_path / "out" / "results.csv").is_file()
 
 
-def fake_imitation_run(directory, env: str, algo: str, distances: list[float], overrides: tuple[str, ...] = ()) -> None:
+def fake_imitation_run(
+    directory, env: str, algo: str, distances: list[float], overrides: tuple[str, ...] = (), demo: dict | None = None
+) -> None:
+    """A finished BC/ILD run's files; ``demo``: its summary's record of the demo it imitated (``effective.algo``)."""
     directory.mkdir(parents=True)
     if overrides:
         (directory / ".hydra").mkdir()
         (directory / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
-    (directory / "summary.json").write_text(json.dumps({"env": env, "algo": algo}))
+    summary = {"env": env, "algo": algo, **({"effective": {"algo": demo}} if demo else {})}
+    (directory / "summary.json").write_text(json.dumps(summary))
     rows = [{"iteration": 0, "bc_loss_final": 0.1}] + [
         {"iteration": i + 1, "distance": d} for i, d in enumerate(distances)
     ]
@@ -254,6 +258,30 @@ def test_the_ild_distance_table_gives_each_variant_its_column_and_refuses_two_ru
     fake_imitation_run(tmp_path / "c" / "hopper_ild", "hopper", "ild", [0.6, 0.4])
     with pytest.raises(SystemExit, match="two runs of ILD on hopper"):
         ild_distances.main([str(tmp_path / "b"), str(tmp_path / "c")])
+
+
+def test_the_ild_distance_tables_reference_follows_the_demo_each_run_recorded(tmp_path):
+    """The reference column reads what each run's summary says it imitated: with `algo.demos=2` the hopper demo
+    file's other 4 episodes against the nearer of its best 2, unclipped; runs of one task that imitated different
+    demos get no reference, and say why, instead of one that serves neither."""
+    from diffrl.algos.ild import reference_distances
+    from diffrl.demo_file import default_demo_path
+
+    ild_distances = import_tool("ild_distances")
+    hopper = str(default_demo_path("hopper"))
+    two = {"demo": hopper, "demos": 2, "episode_length": 128, "state_clip": None}
+    fake_imitation_run(tmp_path / "a" / "hopper_ild", "hopper", "ild", [0.8, 0.7], demo=two)
+    fake_imitation_run(tmp_path / "a" / "hopper_bc", "hopper", "bc", [0.4, 0.3], demo=two)
+    ild_distances.main([str(tmp_path / "a")])
+    with np.load(hopper) as data:
+        states = data["state"][:, :128]
+    expected = float(np.mean(reference_distances(states[:2], states[2:], clip=None)))
+    assert f"| {expected:.3f} (4 episodes) |" in (tmp_path / "a" / "distance.md").read_text()
+    one = {**two, "demos": 1, "state_clip": 5.0}
+    fake_imitation_run(tmp_path / "b" / "hopper_ild", "hopper", "ild", [0.8, 0.7], demo=two)
+    fake_imitation_run(tmp_path / "b" / "hopper_bc", "hopper", "bc", [0.4, 0.3], demo=one)
+    ild_distances.main([str(tmp_path / "b")])
+    assert "| – (the runs imitated different demos) |" in (tmp_path / "b" / "distance.md").read_text()
 
 
 def fake_eval(path, per_episode):

@@ -3,9 +3,10 @@
 its lowest and its last, per task and method, from every run's ``metrics.jsonl`` (seed means as logged).
 ``make ild`` runs it on the sweep directory; "falls" is the last below the first.
 
-The last column is the reference: the same distance of the expert's own *other* kept episodes (the demo file's
-episodes after the imitated ones, each from its own random start) to the imitated demo. A policy started from
-other states than the demo's cannot be expected to come much closer than the expert itself does.
+The last column is a reference: the same distance of the expert's own *other* kept episodes (the demo file's
+episodes after the imitated ones, each from its own random start) to the imitated demo: how close the expert
+itself comes from other start states. Not a floor (a policy can come closer), and not comparable where the
+episodes differ in more than their start (the reacher's targets).
 
     python tools/ild_distances.py <sweep dir> [...] [--out <dir>/distance.md]
 """
@@ -18,7 +19,6 @@ import pathlib
 from collections import defaultdict
 
 import numpy as np
-from omegaconf import OmegaConf
 
 from diffrl.demo_file import default_demo_path
 from diffrl.paper_results import TASK_TITLES
@@ -42,7 +42,7 @@ def expert_reference(
     """(mean, count): the fixed-scale Chamfer distance of the demo file's episodes after the first ``imitated``
     to the nearest imitated one, on the imitated demos' statistics (the logged distance's scale); None if the
     file holds no other episode."""
-    import jax.numpy as jnp  # only here: the table itself needs no JAX
+    import jax.numpy as jnp  # imported where a reference is computed: the curves alone need no JAX
 
     from diffrl.algos.ild import reference_distances
 
@@ -58,20 +58,28 @@ def expert_reference(
 DemoUse = tuple[pathlib.Path, int, int, float | None]
 
 
-def run_demo(run_dir: pathlib.Path, env: str) -> DemoUse:
-    """The run's demo as its config has it; the task's committed demo at ILD's defaults (1 demo, 128 steps, clip
-    5) where the run directory holds no config."""
-    config_path = run_dir / ".hydra" / "config.yaml"
-    algo = OmegaConf.to_container(OmegaConf.load(config_path).algo) if config_path.is_file() else {}
-    demo = algo.get("demo") or default_demo_path(env)
-    imitated, length = int(algo.get("demos", 1)), int(algo.get("episode_length", 128))
-    return pathlib.Path(demo), imitated, length, algo.get("state_clip", 5.0)
+def run_demo(summary: dict) -> DemoUse:
+    """The demo a run imitated, as its ``summary.json`` records what ran (``effective.algo``: the demo file's
+    absolute path, how many of its demos, the rollout length, the clip); ILD's defaults on the task's committed
+    demo where the summary predates that record. A recorded path that no longer exists (a run made in another
+    checkout) is read as the committed demo of the same name."""
+    algo = (summary.get("effective") or {}).get("algo") or {}
+    committed = default_demo_path(summary["env"])
+    demo = pathlib.Path(algo.get("demo") or committed)
+    if not demo.is_file() and demo.name == committed.name:
+        demo = committed
+    return demo, int(algo.get("demos", 1)), int(algo.get("episode_length", 128)), algo.get("state_clip", 5.0)
 
 
-def references(demos: dict[str, DemoUse]) -> dict[str, str]:
-    """task -> the reference cell ("–" where the demo file holds no other episode)."""
+def references(demos: dict[str, set[DemoUse]]) -> dict[str, str]:
+    """task -> the reference cell: "–" where the demo file holds no other episode or cannot be found, or where
+    the task's runs imitated different demos (one reference would not serve them all)."""
     cells = {}
-    for task, (path, imitated, length, clip) in demos.items():
+    for task, uses in demos.items():
+        if len(uses) > 1:
+            cells[task] = "– (the runs imitated different demos)"
+            continue
+        path, imitated, length, clip = next(iter(uses))
         reference = expert_reference(path, imitated, length, clip) if path.is_file() else None
         cells[task] = "–" if reference is None else f"{reference[0]:.3f} ({reference[1]} episodes)"
     return cells
@@ -80,23 +88,22 @@ def references(demos: dict[str, DemoUse]) -> dict[str, str]:
 Curves = dict[tuple[str, Column], list[tuple[int, float]]]
 
 
-def runs(sweep_dirs: list[pathlib.Path]) -> tuple[Curves, dict[str, DemoUse]]:
-    """(task, column) -> its distance curve, from every finished run under the sweep directories, and each task's
-    demo (refused where two runs of one task imitated different demos). Runs whose overrides differ (a sweep over
-    ``algo.learning_rate``, say) get their own column, labelled as `diffrl table` labels its rows; two runs of one
-    column on one task are refused, not silently merged."""
+def runs(sweep_dirs: list[pathlib.Path]) -> tuple[Curves, dict[str, set[DemoUse]]]:
+    """(task, column) -> its distance curve, from every finished run under the sweep directories, and the demos
+    each task's runs imitated. Runs whose overrides differ (a sweep over ``algo.learning_rate``, say) get their own
+    column, labelled as `diffrl table` labels its rows; two runs of one column on one task are refused, not
+    silently merged."""
     jobs = []
     for sweep in sweep_dirs:
         for summary_path in sorted(sweep.glob("*/summary.json")):
             summary = json.loads(summary_path.read_text())
             if summary.get("algo") in METHODS and (summary_path.parent / "metrics.jsonl").exists():
-                jobs.append((summary_path.parent, summary["env"], summary["algo"]))
-    variants = job_variants([job_dir for job_dir, _, _ in jobs])
-    curves, sources, demos = {}, {}, {}
-    for job_dir, env, algo in jobs:
-        demo = run_demo(job_dir, env)
-        if demos.setdefault(env, demo) != demo:
-            raise SystemExit(f"runs of {env} imitated different demos: {demos[env]} and {demo} ({job_dir})")
+                jobs.append((summary_path.parent, summary))
+    variants = job_variants([job_dir for job_dir, _ in jobs])
+    curves, sources, demos = {}, {}, defaultdict(set)
+    for job_dir, summary in jobs:
+        env, algo = summary["env"], summary["algo"]
+        demos[env].add(run_demo(summary))
         key = (env, (algo, variants[job_dir]))
         if key in sources:
             title = row_title(algo, variants[job_dir])

@@ -203,14 +203,19 @@ def state_normalizer(states: jax.Array) -> NormalizerState:
     return fold_states(init, states)
 
 
+def normalise_states(states: jax.Array, statistics: NormalizerState, clip: float | None) -> jax.Array:
+    """Flat physics states [..., F] on ``statistics``' scale, clipped to +-``clip`` (None: unclipped)."""
+    return running_statistics.normalize(states, statistics, max_abs_value=clip)
+
+
 def reference_distances(imitated: jax.Array, others: jax.Array, clip: float | None = 5.0) -> jax.Array:
     """[K]: the fixed-scale Chamfer distance of each of ``others`` [K, T, F] (whole episodes of the expert, from
     their own starts) to the nearest ``imitated`` demo [D, T, F], on the imitated demos' statistics clipped to
     +-``clip``: the logged ``distance``, measured on the expert itself (``tools/ild_distances.py``)."""
     statistics = state_normalizer(imitated)
-    normalise = lambda states: running_statistics.normalize(states, statistics, max_abs_value=clip)  # noqa: E731
-    demos = normalise(imitated)
-    return jax.vmap(lambda episode: trajectory_distance(episode, demos, "chamfer"))(normalise(others))
+    demos = normalise_states(imitated, statistics, clip)
+    episodes = normalise_states(others, statistics, clip)
+    return jax.vmap(lambda episode: trajectory_distance(episode, demos, "chamfer"))(episodes)
 
 
 def valid_states(trajectory: Trajectory) -> jax.Array:
@@ -236,7 +241,7 @@ def rollout_metrics(trajectory: Trajectory) -> dict[str, jax.Array]:
     rollout restarts), their falls per rollout, and the share of their states in the distance."""
     return {
         "return": jnp.mean(jnp.sum(jnp.where(first_episode(trajectory), trajectory.reward, 0.0), axis=-1)),
-        "terminations": jnp.mean(jnp.sum(falls(trajectory), axis=-1)),
+        "falls": jnp.mean(jnp.sum(falls(trajectory), axis=-1)),
         "valid_fraction": jnp.mean(valid_states(trajectory)),
     }
 
@@ -346,8 +351,8 @@ class Imitation:
         """[N, T, F] rollout states (their ``valid`` ones) -> [N] distances to the nearest demo, all normalised
         by ``statistics`` and clipped to +-``state_clip``."""
         clip = self.config.state_clip
-        demos = running_statistics.normalize(self.demos.state, statistics, max_abs_value=clip)
-        agent = running_statistics.normalize(without_invalid_gradients(states, valid), statistics, max_abs_value=clip)
+        demos = normalise_states(self.demos.state, statistics, clip)
+        agent = normalise_states(without_invalid_gradients(states, valid), statistics, clip)
         return jax.vmap(lambda a, v: trajectory_distance(a, demos, kind, v))(agent, valid)
 
     def fixed_scale_distance(self, trajectory: Trajectory) -> jax.Array:

@@ -38,14 +38,21 @@ def masked_mean(values: jax.Array, valid: jax.Array) -> jax.Array:
     return jnp.sum(jnp.where(valid, values, 0.0)) / jnp.maximum(jnp.sum(valid), 1)
 
 
-def chamfer_distance(agent: jax.Array, expert: jax.Array, valid: jax.Array | None = None) -> jax.Array:
-    """Two-way Chamfer distance of two state trajectories ([T, F] and [S, F]) over the agent's valid states. An
+def chamfer_terms(agent: jax.Array, expert: jax.Array, valid: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """The two terms of the Chamfer distance of two state trajectories ([T, F] and [S, F]): forward, each valid
+    agent state to its nearest expert state; backward, each expert state to its nearest valid agent state. An
     agent with no valid state at all is compared in full (it cannot escape the distance by ending at once)."""
     valid = all_valid(agent) if valid is None else valid
     valid = jnp.where(jnp.any(valid), valid, True)
     d = pairwise_rms(agent, expert)
     forward = masked_mean(jnp.min(d, axis=1), valid)
     backward = jnp.mean(jnp.min(jnp.where(valid[:, None], d, jnp.inf), axis=0))
+    return forward, backward
+
+
+def chamfer_distance(agent: jax.Array, expert: jax.Array, valid: jax.Array | None = None) -> jax.Array:
+    """Two-way Chamfer distance of two state trajectories ([T, F] and [S, F]) over the agent's valid states."""
+    forward, backward = chamfer_terms(agent, expert, valid)
     return forward + backward
 
 

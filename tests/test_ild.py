@@ -186,18 +186,25 @@ def bad_copy(source: pathlib.Path, target: pathlib.Path, **changes) -> pathlib.P
     return target
 
 
+def one_rollout(done: list[float], reward: list[float], alive: list[float]) -> Trajectory:
+    """A batch of one rollout with these per-step flags and rewards (no time-outs; observations unused)."""
+    steps = len(done)
+    return Trajectory(
+        observation=jnp.zeros((1, steps, 1)),
+        action=jnp.zeros((1, steps, 1)),
+        reward=jnp.array([reward]),
+        done=jnp.array([done]),
+        truncation=jnp.zeros((1, steps)),
+        next_observation=jnp.zeros((1, steps, 1)),
+        alive=jnp.array([alive]),
+    )
+
+
 def test_a_restarted_rollouts_states_after_the_fall_enter_the_distance_and_its_return_is_the_first_episodes():
     """``after_termination=restart``: the terminal state stays out, the restarted episode's states come in;
     the logged return is the first episode's, the falls are counted."""
-    done = jnp.array([[0.0, 1.0, 0.0, 0.0, 1.0, 0.0]])
-    trajectory = Trajectory(
-        observation=jnp.zeros((1, 6, 1)),
-        action=jnp.zeros((1, 6, 1)),
-        reward=jnp.array([[1.0, 2.0, 4.0, 8.0, 16.0, 32.0]]),
-        done=done,
-        truncation=jnp.zeros_like(done),
-        next_observation=jnp.zeros((1, 6, 1)),
-        alive=jnp.ones_like(done),
+    trajectory = one_rollout(
+        done=[0.0, 1.0, 0.0, 0.0, 1.0, 0.0], reward=[1.0, 2.0, 4.0, 8.0, 16.0, 32.0], alive=[1.0] * 6
     )
     np.testing.assert_array_equal(valid_states(trajectory), [[1, 0, 1, 1, 0, 1]])
     metrics = rollout_metrics(trajectory)
@@ -219,15 +226,8 @@ def test_the_reference_distance_is_the_logged_distance_of_the_experts_other_epis
 def test_a_masked_rollout_counts_one_fall_though_its_fallen_body_keeps_reporting_done():
     """``after_termination=mask``: the env keeps stepping the fallen body, whose ``done`` stays up; the fall is
     counted once and nothing from the terminal state on enters the distance."""
-    done = jnp.array([[0.0, 0.0, 1.0, 1.0, 1.0, 1.0]])
-    trajectory = Trajectory(
-        observation=jnp.zeros((1, 6, 1)),
-        action=jnp.zeros((1, 6, 1)),
-        reward=jnp.array([[1.0, 2.0, 4.0, 0.0, 0.0, 0.0]]),
-        done=done,
-        truncation=jnp.zeros_like(done),
-        next_observation=jnp.zeros((1, 6, 1)),
-        alive=jnp.array([[1.0, 1.0, 1.0, 0.0, 0.0, 0.0]]),
+    trajectory = one_rollout(
+        done=[0.0, 0.0, 1.0, 1.0, 1.0, 1.0], reward=[1.0, 2.0, 4.0, 0.0, 0.0, 0.0], alive=[1.0, 1.0, 1.0, 0.0, 0.0, 0.0]
     )
     np.testing.assert_array_equal(valid_states(trajectory), [[1, 1, 0, 0, 0, 0]])
     metrics = rollout_metrics(trajectory)

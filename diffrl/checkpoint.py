@@ -30,6 +30,10 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
 
+    def steps(self) -> list[int]:
+        """Every step kept, oldest first."""
+        return sorted(self._manager.all_steps())
+
     def save(self, step: int, state: Any, host: dict) -> None:
         args = ocp.args.Composite(state=ocp.args.StandardSave(_storable(state)), host=ocp.args.JsonSave(host))
         self._manager.save(step, args=args, force=True)

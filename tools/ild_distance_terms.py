@@ -116,8 +116,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         parser.error(f"{run_dir} imitates {algo.demos.state.shape[0]} demos; the terms are taken against one")
     like = jax.jit(jax.vmap(algo.init))(seed_keys(int(cfg.seed), int(cfg.num_seeds)))
     checkpointer = Checkpointer(run_dir / "checkpoints")
-    kept = sorted(int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit())
-    steps = [int(s) for s in args.steps.split(",")] if args.steps else kept
+    steps = [int(s) for s in args.steps.split(",")] if args.steps else checkpointer.steps()
     demo_states = np.asarray(algo.demos.state[0])
     groups = feature_groups(demo_states, state_feature_names(algo.env, demo_states.shape[-1]))
     measured = jax.jit(jax.vmap(lambda state: measure(algo, state, jax.random.PRNGKey(0))))

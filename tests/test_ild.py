@@ -23,6 +23,7 @@ from diffrl.algos.ild import (
     action_error,
     fold_states,
     load_imitation_demos,
+    normalise_states,
     reference_distances,
     rollout_metrics,
     sampled_action_error,
@@ -324,6 +325,41 @@ def test_bc_on_sampled_actions_trains_the_std_down(teacher_demo, acrobot):
     state, metrics = jax.jit(bc.train_step)(state)
     print(f"policy std on the demo: {std_before:.4f} -> {float(metrics['policy_std']):.4f}")
     assert float(metrics["policy_std"]) < 0.7 * std_before
+
+
+def rollout_of_states(states: np.ndarray, done: list[float], alive: list[float]) -> Trajectory:
+    """A batch of one rollout recording these physics states [T, F] (what ILD's distances read)."""
+    trajectory = one_rollout(done, [0.0] * len(done), alive)
+    return trajectory.replace(pipeline_state=jnp.asarray(states)[None])
+
+
+def test_ilds_own_distance_leaves_out_a_fallen_bodys_states_and_clips_a_far_one_to_5(teacher_demo, acrobot):
+    """What ILD logs and descends (``ILD.distances``), not only ``trajectory_distance``: states from the
+    termination on (wild, one NaN) change nothing, and a valid state 1e4 demo-stds away counts as one 5 stds away
+    (``state_clip``)."""
+    ild = ILD(acrobot, student(acrobot), imitation_config(ILDConfig, teacher_demo, num_envs=1, bc_steps=0))
+    demo = np.asarray(ild.demos.state[0])
+    mean, std = np.asarray(ild.demo_statistics.mean), np.asarray(ild.demo_statistics.std)
+    states = demo + 0.3 * std  # a rollout near the demo, T = LENGTH states
+    valid_steps = 10
+    done = [0.0] * LENGTH
+    done[valid_steps:] = [1.0] * (LENGTH - valid_steps)
+    alive = [1.0] * (valid_steps + 1) + [0.0] * (LENGTH - valid_steps - 1)
+    fallen = states.copy()
+    fallen[valid_steps:] = 1e6
+    fallen[-1, 0] = np.nan
+    masked = float(ild.fixed_scale_distance(rollout_of_states(fallen, done, alive))[0])
+    prefix = normalise_states(jnp.asarray(states[:valid_steps]), ild.demo_statistics, 5.0)
+    expected = trajectory_distance(prefix, normalise_states(ild.demos.state, ild.demo_statistics, 5.0), "chamfer")
+    np.testing.assert_allclose(masked, float(expected), rtol=1e-5)
+
+    far, at_clip = states.copy(), states.copy()
+    far[3] = mean + 1e4 * std
+    at_clip[3] = mean + 5.0 * std
+    running = [0.0] * LENGTH, [1.0] * LENGTH
+    far_distance = float(ild.fixed_scale_distance(rollout_of_states(far, *running))[0])
+    clipped_distance = float(ild.fixed_scale_distance(rollout_of_states(at_clip, *running))[0])
+    assert np.isfinite(far_distance) and far_distance == pytest.approx(clipped_distance, rel=1e-5)
 
 
 @pytest.mark.parametrize("algo", ["ild", "ild_l2", "bc"])

@@ -1,7 +1,8 @@
 """The rollout core every algorithm and the evaluator share: a policy driving an env, one ``lax.scan``.
 
 ``unroll`` runs ``length`` steps from a ``RolloutCarry`` and returns the carry to continue from and a
-per-step ``Trajectory``. Episodes end when the env says ``done`` (a termination) or when the time limit
+per-step ``Trajectory``. Episodes end when the env says ``done`` or its observation is no longer finite (both
+terminations: a diverged body's NaN height would never satisfy a height test) or when the time limit
 ``episode_length`` is reached (a truncation); then either
 - the episode is over for good (``auto_reset=False``: evaluation, CEM, APG): later steps are masked, they
   add no reward and count as not alive; or
@@ -148,8 +149,15 @@ class Trajectory:
     pipeline_state: Any = None  # the physics state after the step (or what a function makes of it), when asked for
 
 
+def diverged(observation: jax.Array) -> jax.Array:
+    """Whether one env's observation holds a non-finite entry: its episode ends there (and restarts under
+    ``auto_reset``, as SHAC's authors reset their humanoid's NaN envs)."""
+    return ~jnp.all(jnp.isfinite(observation))
+
+
 def terminations(trajectory: Trajectory) -> jax.Array:
-    """[..., T]: the steps at which an episode terminated (the env's ``done``; a time-out is no termination)."""
+    """[..., T]: the steps at which an episode terminated (the env's ``done``, or its observation ``diverged``;
+    a time-out is no termination)."""
     return (trajectory.done > 0) & (trajectory.truncation == 0)
 
 
@@ -228,7 +236,7 @@ def unroll(
             done=jnp.asarray(next_state.done, state.done.dtype),
         )
         steps = carry.steps + 1
-        terminated = next_state.done > 0
+        terminated = jnp.logical_or(next_state.done > 0, diverged(next_state.obs))
         out_of_time = steps >= episode_length if episode_length else jnp.zeros_like(terminated)
         truncated = jnp.logical_and(out_of_time, ~terminated)
         done = jnp.logical_or(terminated, truncated)

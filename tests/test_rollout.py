@@ -96,6 +96,26 @@ def test_auto_reset_starts_fresh_episodes_with_a_fresh_policy_carry():
     assert int(carry.steps) == 1 and bool(carry.alive)
 
 
+class Diverging(Countdown):
+    """Never terminates by itself, and its observation turns NaN at its 3rd step: a body whose state diverged,
+    whose NaN height would never satisfy a height test."""
+
+    def step(self, state, action):
+        stepped = super().step(state, action)
+        return stepped.replace(obs=jnp.where(stepped.pipeline_state >= 3, jnp.nan, stepped.obs), done=jnp.zeros(()))
+
+
+def test_a_non_finite_observation_ends_the_episode_and_auto_reset_restarts_it():
+    carry, traj = run(Diverging(lifetime=100), 7, auto_reset=True)
+    np.testing.assert_array_equal(traj.done, [0, 0, 1, 0, 0, 1, 0])  # a termination, not a time-out
+    assert not np.any(traj.truncation)
+    assert np.isnan(traj.next_observation[2, 0]) and np.all(np.isfinite(traj.observation))  # recorded, then reset
+    assert bool(carry.alive) and np.isfinite(carry.state.obs[0])
+    carry, traj = run(Diverging(lifetime=100), 5)  # without auto-reset the episode is over: nothing after counts
+    np.testing.assert_array_equal(traj.alive, [1, 1, 1, 0, 0])
+    assert not bool(carry.alive)
+
+
 def test_a_restarting_episode_runs_on_from_its_own_start_state_after_each_termination():
     """ILD's authors' auto-reset (``after_termination=restart``): back to the env's own first state, not a new
     reset; every step counts, ``done`` marks each end; the terminal state is recorded before the restart."""

@@ -72,9 +72,9 @@ def test_gradient_options_keep_forward_values_and_checkpoint_keeps_gradients(acr
     assert jnp.linalg.norm(grad_clip) < jnp.linalg.norm(grad)
 
 
-def test_log_linear_learning_rate_spans_the_run():
-    lrs = [float(log_linear_learning_rate(i, 4, 1e-3, 1e-6)) for i in range(4)]
-    np.testing.assert_allclose(lrs, [1e-3, 1e-4, 1e-5, 1e-6], rtol=1e-5)
+def test_log_linear_learning_rate_spans_its_schedule_and_holds_its_end_after_it():
+    lrs = [float(log_linear_learning_rate(i, 4, 1e-3, 1e-6)) for i in range(6)]
+    np.testing.assert_allclose(lrs, [1e-3, 1e-4, 1e-5, 1e-6, 1e-6, 1e-6], rtol=1e-5)
 
 
 class QuadraticCore:
@@ -94,6 +94,24 @@ class QuadraticCore:
         flat, returns = jax.lax.scan(body, flat, None, length=steps)
         zeros = jnp.zeros(steps)
         return flat, opt_state, APGTrace(returns, zeros + 50, zeros, zeros, zeros.astype(jnp.int32))
+
+
+def test_a_shortened_paper_run_of_ce_apg_follows_the_paper_runs_learning_rates(fast_cfg):
+    """``budget=paper iterations=3``: the schedule still spans the paper's 200 iterations (the run is the paper
+    run's beginning), so iteration 2 refines at the paper run's rate there, not at its own last rate 1e-6."""
+    exp = build_experiment(fast_cfg("algo=ce_apg", "budget=paper", "iterations=3", "algo.population=4",
+                                    "algo.elites=2", "algo.apg_steps=3", "algo.score_window=1",
+                                    "algo.update_normalizer=false"))  # fmt: skip
+    algo = exp.algo
+    assert (algo.config.iterations, algo.config.schedule_iterations) == (3, 200)
+    algo.core = QuadraticCore(exp.policy, jnp.zeros(algo.core.num_params), step_size=0.25)
+    dim = algo.core.target.shape[0]
+    at_iteration_2 = CEAPGState(
+        jnp.zeros(dim), jnp.full(dim, 0.5), jnp.zeros(dim), exp.policy.init_normalizer(), jax.random.PRNGKey(3),
+        jnp.full((), 2, jnp.int32),
+    )  # fmt: skip
+    _, metrics = jax.jit(algo.train_step)(at_iteration_2)
+    np.testing.assert_allclose(metrics["learning_rate"], 1e-3 * (1e-3) ** (2 / 199), rtol=1e-5)
 
 
 def test_ce_apg_outer_update_matches_the_formulas_on_a_quadratic(fast_cfg):

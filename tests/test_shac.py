@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 from brax.envs.base import Env, State
 from jax.flatten_util import ravel_pytree
 from trivial_policies import trivial_returns
@@ -22,17 +23,17 @@ from diffrl.run import train
 
 from conftest import compose_train, read_metrics
 
-CARTPOLE = (
-    "algo=shac",
+TASK = (
     "env=cartpole_swingup",
     "algo.num_envs=16",
-    "algo.critic_iterations=4",
     "num_seeds=2",
     "eval.episodes=4",
     "logger.wandb.enabled=false",
     "checkpoint.enabled=false",
     "logger.console.progress_bar=false",
 )
+CARTPOLE = ("algo=shac", "algo.critic_iterations=4", *TASK)
+BPTT_CARTPOLE = ("algo=bptt", *TASK)  # BPTT has no critic to set
 
 
 def final_returns(tmp_path: pathlib.Path, *overrides: str) -> np.ndarray:
@@ -59,8 +60,8 @@ def test_shac_learns_shacs_cartpole_and_a_flipped_objective_unlearns_it(tmp_path
     assert np.all(flipped < bar), (trivial, flipped)
 
 
-def build(*overrides: str):
-    cfg = compose_train(*CARTPOLE, *overrides)
+def build(*overrides: str, base: tuple[str, ...] = CARTPOLE):
+    cfg = compose_train(*base, *overrides)
     env = build_env(cfg)
     options, iterations = algorithm_options(cfg)
     return make_algorithm(cfg.algo.name, env, build_policy(cfg, env), options, iterations)
@@ -263,13 +264,20 @@ def test_the_critic_regression_lowers_its_loss_on_a_fixed_batch():
     assert float(last_pass) < float(before)
 
 
+@pytest.mark.parametrize("override", ["algo.critic=true", "+algo.target_alpha=0.5"])
+def test_bptt_refuses_a_critic_option_in_one_line(override):
+    refusal = r"algo=bptt has no critic, so algo\.(critic=true|target_alpha) would do nothing"
+    with pytest.raises(ValueError, match=refusal):
+        build(override, base=BPTT_CARTPOLE)
+
+
 def test_bptt_is_one_window_over_the_episode_without_a_critic(tmp_path):
     summary = train(
-        compose_train(*CARTPOLE, "algo=bptt", "debug=smoke", "algo.num_envs=4", "checkpoint.enabled=true"), tmp_path
+        compose_train(*BPTT_CARTPOLE, "debug=smoke", "algo.num_envs=4", "checkpoint.enabled=true"), tmp_path
     )
     effective = summary["effective"]["algo"]
     assert effective["name"] == "bptt" and effective["critic"] is False and effective["grad"]["checkpoint"] is True
-    algo = build("algo=bptt", "env.episode_length=40")
+    algo = build("env.episode_length=40", base=BPTT_CARTPOLE)
     assert algo.config.horizon == 40 and algo.env_steps_per_iteration == 16 * 40
     # every window ends exactly where the envs' episodes end: each iteration finishes one whole 50-step
     # episode on each of the 4 envs of each of the 2 seeds (2 iterations a chunk). A window shorter or longer

@@ -55,7 +55,26 @@ def _make_shac(env: Env, policy: Policy, options: dict[str, Any], iterations: in
     return SHAC(env, policy, _shac_config(options, iterations))
 
 
+# SHAC's options that only its critic reads: BPTT has none, so setting one is a mistake worth a line.
+CRITIC_OPTIONS = (
+    "lam",
+    "critic_learning_rate",
+    "critic_iterations",
+    "critic_minibatches",
+    "target_alpha",
+    "critic_hidden_sizes",
+    "critic_activation",
+    "critic_layer_norm",
+    "critic_initializer",
+    "critic_shuffle",
+)
+
+
 def _make_bptt(env: Env, policy: Policy, options: dict[str, Any], iterations: int) -> Algorithm:
+    given = [f"algo.{name}" for name in CRITIC_OPTIONS if name in options]
+    if options.get("critic", False) or given:
+        what = ", ".join(given) if given else "algo.critic=true"
+        raise ValueError(f"algo=bptt has no critic, so {what} would do nothing: use algo=shac for a critic")
     algo = SHAC(env, policy, _shac_config({**options, "critic": False}, iterations))
     algo.name = "bptt"
     return algo

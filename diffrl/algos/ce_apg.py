@@ -44,7 +44,8 @@ class CEAPGConfig:
     deploy: str = "best"  # the policy a run delivers: "best" refined candidate of the last iteration, or "mean"
     update_normalizer: bool = True
     normalizer_rollouts: int = 1  # episodes of the mean folded into the normaliser each iteration (the authors': 1)
-    iterations: int = 200  # length of the learning-rate schedule (set by the runner)
+    iterations: int = 200  # the run's length (set by the runner)
+    schedule_iterations: int | None = None  # the learning-rate schedule's length (None: the run's iterations)
     episode_length: int = 500
     grad: GradientConfig = GradientConfig()
 
@@ -70,8 +71,8 @@ class CEAPGState:
 
 
 def log_linear_learning_rate(iteration: jax.Array, iterations: int, start: float, end: float) -> jax.Array:
-    """start at iteration 0, end at the last iteration, geometric in between."""
-    frac = jnp.where(iterations > 1, iteration / jnp.maximum(iterations - 1, 1), 0.0)
+    """start at iteration 0, end at the last iteration (``iterations - 1``) and after it, geometric in between."""
+    frac = jnp.where(iterations > 1, jnp.minimum(iteration / jnp.maximum(iterations - 1, 1), 1.0), 0.0)
     return jnp.exp(jnp.log(start) * (1.0 - frac) + jnp.log(end) * frac)
 
 
@@ -109,7 +110,7 @@ class CEAPG:
             observations = rollout_observations(self.core, state.mean, normalizer, obs_key, c.normalizer_rollouts)
             normalizer = self.core.policy.update_normalizer(normalizer, observations)
 
-        lr = log_linear_learning_rate(state.iteration, c.iterations, c.lr_start, c.lr_end)
+        lr = log_linear_learning_rate(state.iteration, c.schedule_iterations or c.iterations, c.lr_start, c.lr_end)
         candidates = sample_candidates(sample_key, state.mean, state.std, c.population)
 
         def refine(flat, k):

@@ -105,6 +105,17 @@ PAPER_RESULTS: dict[tuple[str, str, str], tuple[float, float | None]] = {
     **{("shac_fig4", algo, task): (float(value), None) for (algo, task), value in _SHAC_FIG4.items()},
     **{("ild_fig", algo, task): (float(value), None) for (algo, task), value in _ILD_FIG.items()},
 }
+# Env steps per seed of SHAC's paper run (epochs x envs x 32-step windows), at which Fig. 4 compares the methods
+# (conf/tuned/shac_<task>_ppo.yaml gives PPO and SAC the same at budget=paper; a test keeps the two equal).
+PAPER_SAMPLES = {
+    "shac_fig4": {
+        "shac_cartpole": 500 * 64 * 32,
+        "shac_ant": 2000 * 64 * 32,
+        "shac_hopper": 2000 * 256 * 32,
+        "shac_cheetah": 2000 * 64 * 32,
+        "shac_humanoid": 2000 * 64 * 32,
+    }
+}
 EXPERIMENT_TABLES = {
     "ceapg_table1": "table1",
     "ceapg_table2": "table2",

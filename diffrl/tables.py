@@ -19,7 +19,15 @@ from typing import Any
 import numpy as np
 import yaml
 
-from diffrl.paper_results import ALGO_TITLES, EXPERIMENT_TABLES, PAPERS, TASK_TITLES, TASKS, paper_result
+from diffrl.paper_results import (
+    ALGO_TITLES,
+    EXPERIMENT_TABLES,
+    PAPER_SAMPLES,
+    PAPERS,
+    TASK_TITLES,
+    TASKS,
+    paper_result,
+)
 
 # diffrl's own final evaluation (deterministic), the last training return, or the final evaluation with sampled
 # actions (imitation: ILD's authors evaluated so, from 128 random resets).
@@ -328,6 +336,11 @@ def markdown_table(cells, rows, tasks, table: str | None, metric: str = "final_r
                 if cell.status == "completed"
                 else cell.status
             )
+        lines.append("| " + " | ".join(row) + " |")
+    if table in PAPER_SAMPLES:  # what the paper's comparison spent, beside what these cells did
+        samples = PAPER_SAMPLES[table]
+        row = ["the paper's samples per seed"]
+        row += [f"{format_steps(samples[t])} steps" if t in samples else "–" for t in tasks]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
 

@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 import yaml
 
-from diffrl.paper_results import PAPER_RESULTS, paper_result
+from diffrl.experiment import algorithm_options
+from diffrl.paper_results import PAPER_RESULTS, PAPER_SAMPLES, paper_result
 from diffrl.tables import collect_cells, format_number, markdown_table, write_tables
 
-from conftest import import_tool, run_diffrl
+from conftest import compose_train, import_tool, run_diffrl
 
 
 def make_job(
@@ -185,6 +186,24 @@ def test_paper_results_cover_both_tables_and_the_shac_figure():
     assert paper_result("ild", "hopper", "ild_fig") == (242.0, None) and paper_result("demo", "hopper", "ild_fig")
     assert len(PAPER_RESULTS) == 3 * (4 + 3) + 7 + 12
     assert format_number(-3.9e5) == "-3.9e5" and format_number(-355.0) == "-355"
+
+
+def test_the_shac_figures_cost_table_names_the_papers_samples_beside_each_cells(tmp_path):
+    sweep = make_sweep(tmp_path, ["shac", "ppo"], ["shac_ant", "shac_hopper"], experiment="shac_fig4")
+    for algo in ("shac", "ppo"):
+        for task in ("shac_ant", "shac_hopper"):
+            make_job(sweep, algo, task, [1.0, 2.0])
+    md = write_tables([sweep], tmp_path / "out")[0].read_text()
+    assert "| the paper's samples per seed | 4.1M steps | 16.4M steps |" in md
+
+
+def test_the_papers_samples_are_what_the_paper_budget_gives_ppo_and_sac():
+    """PAPER_SAMPLES (SHAC's paper run) and conf/tuned/shac_<task>_{ppo,sac}.yaml (PPO's and SAC's paper budget:
+    SHAC's samples) say the same."""
+    for task, samples in PAPER_SAMPLES["shac_fig4"].items():
+        for algo in ("ppo", "sac"):
+            _, iterations = algorithm_options(compose_train(f"algo={algo}", f"env={task}", "budget=paper"))
+            assert iterations == samples, (task, algo)
 
 
 def test_an_imitation_sweep_shows_the_demos_return_beside_the_methods(tmp_path):

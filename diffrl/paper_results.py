@@ -107,7 +107,7 @@ PAPER_RESULTS: dict[tuple[str, str, str], tuple[float, float | None]] = {
 }
 # Env steps per seed of SHAC's paper run (epochs x envs x 32-step windows), at which Fig. 4 compares the methods
 # (conf/tuned/shac_<task>_ppo.yaml gives PPO and SAC the same at budget=paper; a test keeps the two equal).
-PAPER_SAMPLES = {
+PAPER_SAMPLES: dict[str, dict[str, int]] = {
     "shac_fig4": {
         "shac_cartpole": 500 * 64 * 32,
         "shac_ant": 2000 * 64 * 32,

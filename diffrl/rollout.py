@@ -150,9 +150,9 @@ class Trajectory:
 
 
 def diverged(observation: jax.Array) -> jax.Array:
-    """Whether one env's observation holds a non-finite entry: its episode ends there (and restarts under
-    ``auto_reset``, as SHAC's authors reset their humanoid's NaN envs)."""
-    return ~jnp.all(jnp.isfinite(observation))
+    """[...]: whether each env's observation [..., obs] holds a non-finite entry. Its episode ends there (and
+    restarts under ``auto_reset``, as SHAC's authors reset their humanoid's NaN envs)."""
+    return ~jnp.all(jnp.isfinite(observation), axis=-1)
 
 
 def terminations(trajectory: Trajectory) -> jax.Array:

@@ -338,11 +338,14 @@ def markdown_table(cells, rows, tasks, table: str | None, metric: str = "final_r
             )
         lines.append("| " + " | ".join(row) + " |")
     if table in PAPER_SAMPLES:  # what the paper's comparison spent, beside what these cells did
-        samples = PAPER_SAMPLES[table]
-        row = ["the paper's samples per seed"]
-        row += [f"{format_steps(samples[t])} steps" if t in samples else "–" for t in tasks]
-        lines.append("| " + " | ".join(row) + " |")
+        lines.append(paper_samples_row(PAPER_SAMPLES[table], tasks))
     return "\n".join(lines) + "\n"
+
+
+def paper_samples_row(samples: dict[str, int], tasks) -> str:
+    """The cost table's last row: the paper's env steps per seed for each task ("–" where it gives none)."""
+    cells = [f"{format_steps(samples[t])} steps" if t in samples else "–" for t in tasks]
+    return "| " + " | ".join(["the paper's samples per seed", *cells]) + " |"
 
 
 CSV_COLUMNS = (

@@ -240,6 +240,7 @@ def test_non_finite_runs_are_skipped_and_counted_while_finite_runs_update():
     new, metrics = jax.jit(jax.vmap(algo.train_step))(states)
     np.testing.assert_array_equal(metrics["nonfinite_grads"], [0, 1])
     np.testing.assert_array_equal(metrics["nonfinite_envs"], [0, 8])  # each of the 8 envs once: then it restarted
+    assert np.all(np.isfinite(metrics["train_episode_return_sum"]))  # the diverged episodes' NaN is not summed
     assert np.all(np.isfinite(np.asarray(new.envs.state.obs)))
     seed = lambda tree, i: flat(jax.tree.map(lambda x: x[i], tree))
     np.testing.assert_array_equal(seed(states.actor, 1), seed(new.actor, 1))  # seed 1 kept its actor

@@ -197,10 +197,12 @@ def test_the_shac_figures_cost_table_names_the_papers_samples_beside_each_cells(
     assert "| the paper's samples per seed | 4.1M steps | 16.4M steps |" in md
 
 
-def test_the_papers_samples_are_what_the_paper_budget_gives_ppo_and_sac():
-    """PAPER_SAMPLES (SHAC's paper run) and conf/tuned/shac_<task>_{ppo,sac}.yaml (PPO's and SAC's paper budget:
-    SHAC's samples) say the same."""
+def test_the_papers_samples_are_shacs_paper_run_and_what_the_paper_budget_gives_ppo_and_sac():
+    """PAPER_SAMPLES, SHAC's paper run (conf/tuned/shac_<task>_shac.yaml: epochs x envs x horizon) and PPO's and
+    SAC's paper budget (conf/tuned/shac_<task>_{ppo,sac}.yaml: SHAC's samples) say the same."""
     for task, samples in PAPER_SAMPLES["shac_fig4"].items():
+        options, epochs = algorithm_options(compose_train("algo=shac", f"env={task}", "budget=paper"))
+        assert epochs * options["num_envs"] * options["horizon"] == samples, task
         for algo in ("ppo", "sac"):
             _, iterations = algorithm_options(compose_train(f"algo={algo}", f"env={task}", "budget=paper"))
             assert iterations == samples, (task, algo)

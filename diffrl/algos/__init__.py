@@ -38,7 +38,7 @@ def _make_papg(env: Env, policy: Policy, options: dict[str, Any], iterations: in
 
 
 def _make_ce_apg(env: Env, policy: Policy, options: dict[str, Any], iterations: int) -> Algorithm:
-    # The learning-rate schedule spans the whole run, so the algorithm needs its length.
+    # The run's length: the learning-rate schedule's too when the budget sets no algo.schedule_iterations.
     return CEAPG(env, policy, CEAPGConfig(**_with_gradient_config(options), iterations=iterations))
 
 
@@ -47,7 +47,7 @@ def _shac_config(options: dict[str, Any], iterations: int) -> SHACConfig:
     tuples = {k: tuple(options[k]) for k in ("betas", "critic_hidden_sizes") if k in options}
     if options.get("horizon") is None:  # BPTT: one window over the whole episode
         options["horizon"] = options["episode_length"]
-    # The learning-rate schedules span the whole run, so the algorithm needs its length.
+    # The run's length: the learning-rate schedules' too when the budget sets no algo.schedule_iterations.
     return SHACConfig(**{**options, **tuples}, iterations=iterations)
 
 

@@ -5,7 +5,8 @@ Per outer iteration (Gillen & Byl; the authors' ``cem_apg``):
    mean, then freeze it inside APG;
 2. sample ``population`` candidates around the mean with the diagonal std;
 3. refine each with ``apg_steps`` Adam steps on -(mean return over ``starts_per_step`` random starts),
-   learning rate log-linear from ``lr_start`` (first iteration) to ``lr_end`` (last);
+   learning rate log-linear from ``lr_start`` (first iteration) to ``lr_end`` (the last of
+   ``schedule_iterations``, each budget's own count; held after it);
 4. score = mean return over the last ``score_window`` APG steps; new mean = mean of the elites'
    *refined* parameters; new std = RMS distance of the elites from the *old* mean.
 
@@ -44,7 +45,7 @@ class CEAPGConfig:
     deploy: str = "best"  # the policy a run delivers: "best" refined candidate of the last iteration, or "mean"
     update_normalizer: bool = True
     normalizer_rollouts: int = 1  # episodes of the mean folded into the normaliser each iteration (the authors': 1)
-    iterations: int = 200  # the run's length (set by the runner)
+    iterations: int = 200  # the run's length (set by the runner); the schedule's when schedule_iterations is None
     schedule_iterations: int | None = None  # the learning-rate schedule's length (None: the run's iterations)
     episode_length: int = 500
     grad: GradientConfig = GradientConfig()

@@ -2,9 +2,10 @@
 
 Both learn from expert demonstrations (``diffrl.demo_file``: states, observations and actions of a few
 episodes of an expert, best first). The defaults are what the authors' code ran (``sail-sg/ILD``,
-``policy/brax_task/train_on_policy.py``) but for four deviations (learning rate 1e-4, fallen states masked
-rather than restarted, the observation normaliser fixed at the demos' statistics, the distance's statistics
-folded in as constants); ``docs/ild.md`` names every option and every deviation, with why.
+``policy/brax_task/train_on_policy.py``) but for the deviations ``docs/ild.md`` names with why ("How this
+differs"); the four that change what ILD learns from: learning rate 1e-4, fallen states masked rather than
+restarted, the observation normaliser fixed at the demos' statistics, the distance's statistics folded in as
+constants.
 
 ILD, per iteration:
 1. roll ``num_envs`` episodes of ``episode_length`` steps out from ``num_envs`` start states, sampling the

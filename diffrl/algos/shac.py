@@ -40,7 +40,7 @@ from diffrl.algos.apg import GradientConfig
 from diffrl.algos.returns import short_horizon_objective, td_lambda_targets
 from diffrl.networks import make_value_network
 from diffrl.networks.base import NormalizerState, Params, Policy
-from diffrl.rollout import RolloutCarry, start, terminations, unroll
+from diffrl.rollout import RolloutCarry, diverged, start, terminations, unroll
 
 _NEVER_APPLY_NONFINITE = 2**31 - 1
 
@@ -112,13 +112,15 @@ def contiguous_or_shuffled(key: jax.Array, size: int, minibatches: int, shuffle:
 
 def finished_episodes(running, rewards: jax.Array, done: jax.Array):
     """Carries each env's running (return, length) through a window's rewards and ends ([T, num_envs]);
-    returns the running values after it and the sum / count / length sum of the episodes that ended."""
+    returns the running values after it and the sum / count / length sum of the episodes that ended with a
+    finite return (a diverged env's last reward is NaN: its episode is not counted, as in APG's metrics)."""
 
     def step(carry, x):
         total, length = carry
         reward, end = x
         total, length, end = total + reward, length + 1.0, end > 0
-        out = (jnp.sum(jnp.where(end, total, 0.0)), jnp.sum(jnp.where(end, length, 0.0)), jnp.sum(end))
+        counted = end & jnp.isfinite(total)
+        out = (jnp.sum(jnp.where(counted, total, 0.0)), jnp.sum(jnp.where(counted, length, 0.0)), jnp.sum(counted))
         return (jnp.where(end, 0.0, total), jnp.where(end, 0.0, length)), out
 
     running, (sums, lengths, counts) = jax.lax.scan(step, running, (rewards, done))
@@ -201,14 +203,13 @@ class SHAC:
         return objective, (envs, trajectory, next_values)
 
     def next_values(self, target_critic: Params, normalizer: NormalizerState, trajectory) -> jax.Array:
-        """V(state reached by each step): 0 after a termination or a non-finite state (nothing follows),
-        the critic's value of the pre-reset observation after a time-out, and of the next one otherwise."""
+        """V(state reached by each step): 0 after a termination (a diverged, non-finite env's end is one: nothing
+        follows), the critic's value of the pre-reset observation after a time-out, and of the next one otherwise."""
         if not self.config.critic:
             return jnp.zeros_like(trajectory.reward)
         observed = self.policy.normalize(trajectory.next_observation, normalizer)
         values = self.critic_net.apply(target_critic, observed)
-        broken = ~jnp.all(jnp.isfinite(trajectory.next_observation), axis=-1)
-        return jnp.where(terminations(trajectory) | broken, 0.0, values)
+        return jnp.where(terminations(trajectory), 0.0, values)
 
     # --- the critic -----------------------------------------------------------------------------
     def fit_critic(self, critic: Params, opt_state, observations: jax.Array, targets: jax.Array, lr, key):
@@ -304,7 +305,7 @@ class SHAC:
             "actor_learning_rate": actor_lr,
             "nonfinite_grads": actor_skipped,
             "nonfinite_critic_updates": critic_skipped,
-            "nonfinite_envs": jnp.sum(~jnp.all(jnp.isfinite(trajectory.next_observation), axis=-1)),
+            "nonfinite_envs": jnp.sum(diverged(trajectory.next_observation)),
             "nonfinite_stalled": (nonfinite_streak(actor_opt) >= c.grad.max_consecutive_nonfinite).astype(jnp.int32),
             "train_episode_return_sum": finished["sum"],
             "train_episode_return_count": finished["count"],

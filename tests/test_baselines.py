@@ -14,10 +14,11 @@ import pytest
 from omegaconf import OmegaConf
 from trivial_policies import best_trivial_return
 
+from diffrl.baselines import trainer_class
 from diffrl.baselines.runner import build_trainer, finished_seeds, seed_dir
 from diffrl.envs import make_env
 from diffrl.eval_run import evaluate_run
-from diffrl.experiment import _EVAL_KEY_OFFSET
+from diffrl.experiment import _EVAL_KEY_OFFSET, algorithm_options
 from diffrl.run import train
 
 from conftest import REPO, compose_train, run_diffrl
@@ -261,6 +262,9 @@ def test_ppo_on_a_terminating_brax_task_through_the_command_line_with_a_replay(t
     run_diffrl("train", *PENDULUM, "algo=ppo", *TINY["ppo"], cwd=tmp_path)
     (run_dir,) = (tmp_path / "outputs" / "train").glob("*/*_inverted_pendulum_ppo")
     check_terminating_run(json.loads((run_dir / "summary.json").read_text()), run_dir)
+    # Brax trains one whole epoch of one batch (4 envs x 5 steps x 2 minibatches), not iterations=1, and says so
+    assert read_rows(run_dir)[-1]["env_steps"] == 40
+    assert "ppo will train 40 per seed, not iterations=1" in (run_dir / "train.log").read_text()
     run_diffrl("eval", f"run_dir={run_dir}", "episodes=2", "html=true", cwd=tmp_path)
     result = json.loads((run_dir / "eval.json").read_text())
     assert all(1 <= n <= PENDULUM_LIMIT for n in result["length_per_episode"][0])
@@ -297,3 +301,12 @@ def test_ppo_on_hopper_end_to_end_with_terminations(tmp_path):
     result = evaluate_run(tmp_path, episodes=4, seed=_EVAL_KEY_OFFSET, html=True)
     np.testing.assert_allclose(result["return"]["per_seed"], summary["final_return"]["per_seed"], rtol=1e-5)
     assert 1 <= result["replay"]["frames"] < 1000 and (tmp_path / "replay.html").is_file()
+
+
+def test_sb3_trains_whole_rollouts_of_all_envs():
+    """SB3's ``learn`` collects n_steps (PPO) or train_freq (SAC) steps of every env at a time, so its quick
+    budgets' 200,000 and 100,000 steps are 20 rollouts of 64 x 160 and 1563 rounds of 64 x 1."""
+    env = make_env("cartpole_swingup", "analytic")
+    for algo, trained in (("sb3_ppo", 20 * 64 * 160), ("sb3_sac", 1563 * 64)):
+        options, iterations = algorithm_options(compose_train(*COMMON, f"algo={algo}", "budget=quick"))
+        assert trainer_class(algo)(env, options, iterations).trained_iterations() == trained, algo

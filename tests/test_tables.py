@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import yaml
 
+from diffrl.baselines import trainer_class
 from diffrl.experiment import algorithm_options
 from diffrl.paper_results import PAPER_RESULTS, PAPER_SAMPLES, paper_result
 from diffrl.tables import collect_cells, format_number, markdown_table, write_tables
@@ -197,15 +198,24 @@ def test_the_shac_figures_cost_table_names_the_papers_samples_beside_each_cells(
     assert "| the paper's samples per seed | 4.1M steps | 16.4M steps |" in md
 
 
-def test_the_papers_samples_are_shacs_paper_run_and_what_the_paper_budget_gives_ppo_and_sac():
-    """PAPER_SAMPLES, SHAC's paper run (conf/tuned/shac_<task>_shac.yaml: epochs x envs x horizon) and PPO's and
-    SAC's paper budget (conf/tuned/shac_<task>_{ppo,sac}.yaml: SHAC's samples) say the same."""
+def test_the_papers_samples_are_shacs_paper_run_and_what_the_paper_budget_trains_ppo_and_sac():
+    """PAPER_SAMPLES, SHAC's paper run (conf/tuned/shac_<task>_shac.yaml: epochs x envs x horizon) and what PPO's
+    and SAC's paper budget (conf/tuned/shac_<task>_{ppo,sac}.yaml) trains, in Brax's whole epochs, say the same."""
     for task, samples in PAPER_SAMPLES["shac_fig4"].items():
         options, epochs = algorithm_options(compose_train("algo=shac", f"env={task}", "budget=paper"))
         assert epochs * options["num_envs"] * options["horizon"] == samples, task
         for algo in ("ppo", "sac"):
-            _, iterations = algorithm_options(compose_train(f"algo={algo}", f"env={task}", "budget=paper"))
+            options, iterations = algorithm_options(compose_train(f"algo={algo}", f"env={task}", "budget=paper"))
             assert iterations == samples, (task, algo)
+            assert trainer_class(algo)(None, options, iterations).trained_iterations() == samples, (task, algo)
+
+
+def test_brax_ppo_trains_whole_epochs_of_whole_batches():
+    """Brax's PPO runs num_evals - 1 epochs, each rounded up to whole batches (batch_size x unroll x minibatches):
+    the paper settings' 409,600-step batch with 21 evaluations trains 8.19M for any budget up to that."""
+    options, _ = algorithm_options(compose_train("algo=ppo", "env=shac_ant", "budget=paper", "algo.num_evals=21"))
+    assert trainer_class("ppo")(None, options, 4_096_000).trained_iterations() == 20 * 409_600
+    assert trainer_class("ppo")(None, options, 80_000_000).trained_iterations() == 20 * 10 * 409_600
 
 
 def test_an_imitation_sweep_shows_the_demos_return_beside_the_methods(tmp_path):

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import functools
 import importlib
+import inspect
+import math
 import pathlib
 import time
 from typing import Any
@@ -61,6 +63,22 @@ class BraxAgent:
     def units(self, brax_step: int) -> tuple[int, int]:
         """Brax's progress_fn step -> (step in ``iterations`` units, env steps)."""
         return brax_step, brax_step
+
+    def option(self, name: str) -> Any:
+        """An option of Brax's ``train()`` as it will run: ours, or Brax's default where we set none."""
+        if self.options.get(name) is not None:
+            return self.options[name]
+        train = importlib.import_module(f"brax.training.agents.{self.agent}.train").train
+        return inspect.signature(train).parameters[name].default
+
+    def epochs(self) -> int:
+        """Brax's training epochs: one after each evaluation but the last."""
+        return max(int(self.option("num_evals")) - 1, 1)
+
+    def trained_iterations(self) -> int:
+        """What Brax's loop will run, in ``iterations`` units: it runs ``epochs()`` epochs of whole training
+        steps, each epoch rounded up, so it can run more than ``iterations`` (never less)."""
+        raise NotImplementedError
 
     # --- training -------------------------------------------------------------------------------
     def network_factory(self):
@@ -131,9 +149,23 @@ class BraxAgent:
 class BraxPPO(BraxAgent):
     name, agent, factory = "ppo", "ppo", "make_ppo_networks"
 
+    def trained_iterations(self) -> int:
+        # brax/training/agents/ppo/train.py: epochs x resets x ceil(steps / (epochs x resets x batch)) x batch
+        batch = self.option("batch_size") * self.option("unroll_length") * self.option("num_minibatches")
+        batch *= self.option("action_repeat")
+        epochs = self.epochs() * max(int(self.option("num_resets_per_eval")), 1)
+        return epochs * math.ceil(self.iterations / (epochs * batch)) * batch
+
 
 class BraxSAC(BraxAgent):
     name, agent, factory = "sac", "sac", "make_sac_networks"
+
+    def trained_iterations(self) -> int:
+        # brax/training/agents/sac/train.py: the replay buffer's prefill, then epochs of whole actor steps
+        actor_step = self.option("action_repeat") * self.option("num_envs")
+        prefill = math.ceil(self.option("min_replay_size") / self.option("num_envs")) * actor_step
+        per_epoch = math.ceil((self.iterations - prefill) / (self.epochs() * actor_step))
+        return prefill + self.epochs() * per_epoch * actor_step
 
 
 class BraxAPG(BraxAgent):
@@ -144,7 +176,9 @@ class BraxAPG(BraxAgent):
 
     def units(self, brax_step: int) -> tuple[int, int]:
         # Brax's APG reports the epoch index; it runs round(updates / (num_evals - 1)) updates per epoch.
-        epochs = max(int(self.options.get("num_evals", 1)) - 1, 1)
-        updates = brax_step * round(self.iterations / epochs)
-        env_steps = updates * int(self.options.get("num_envs", 1)) * int(self.options.get("horizon_length", 32))
+        updates = brax_step * round(self.iterations / self.epochs())
+        env_steps = updates * int(self.option("num_envs")) * int(self.option("horizon_length"))
         return updates, env_steps
+
+    def trained_iterations(self) -> int:
+        return self.epochs() * round(self.iterations / self.epochs())

@@ -76,6 +76,21 @@ def build_trainer(cfg: DictConfig, env, training: bool = True):
     return trainer_class(cfg.algo.name)(env, options, iterations), iterations
 
 
+def warn_if_rounded_up(algo: str, iterations: int, trained: int) -> None:
+    """Brax's and SB3's loops train in whole epochs or rollouts: say so where that is more than asked for
+    (a comparison at equal samples needs the two equal: set the batch sizes or ``algo.num_evals`` to divide)."""
+    if trained != iterations:
+        log.warning(
+            "%s will train %d per seed, not iterations=%d: its loop runs whole epochs or rollouts "
+            "(%+.1f %%); for exactly %d choose batch sizes or algo.num_evals that divide it",
+            algo,
+            trained,
+            iterations,
+            100 * (trained / iterations - 1),
+            iterations,
+        )
+
+
 def load_policies(trainer, run_dir: pathlib.Path, num_seeds: int) -> list[Any]:
     return [trainer.load(seed_dir(run_dir, i)) for i in range(num_seeds)]
 
@@ -97,6 +112,7 @@ def train_external(cfg: DictConfig, run_dir: pathlib.Path) -> dict[str, Any]:
         iterations,
         num_seeds,
     )
+    warn_if_rounded_up(cfg.algo.name, iterations, trainer.trained_iterations())
 
     run_file = run_dir / "checkpoints" / "run.json"
     done = finished_seeds(run_dir, num_seeds) if cfg.resume else 0

@@ -11,6 +11,8 @@ torch runs single-threaded (``torch_threads``): these networks are tiny and the 
 
 from __future__ import annotations
 
+import inspect
+import math
 import pathlib
 import time
 from typing import Any
@@ -138,6 +140,15 @@ class SB3Agent:
         self._eval_policy = SB3Policy([], env.action_size)
         self._evaluate = make_episode_stats(env, self._eval_policy, self.episode_length, self.num_eval_envs)
         self._eval_key = jax.random.PRNGKey(0)
+
+    def trained_iterations(self) -> int:
+        """Env steps ``learn`` will take: it collects whole rounds of all envs until it has ``iterations``
+        (a round: PPO's ``n_steps`` per env, SAC's ``train_freq`` steps per env)."""
+        name = "n_steps" if self.algo_class is PPO else "train_freq"
+        steps = self.kwargs.get(name)
+        steps = inspect.signature(self.algo_class).parameters[name].default if steps is None else steps
+        rollout = self.num_envs * int(steps)
+        return math.ceil(self.iterations / rollout) * rollout
 
     @staticmethod
     def _policy_kwargs(options: dict[str, Any]) -> dict[str, Any]:

@@ -352,3 +352,31 @@ def test_compare_evals_pairs_the_seeds_of_both_methods_in_order_and_pools_seed_f
     other_starts.write_text(json.dumps({**json.loads(b[1].read_text()), "eval_seed": 7}))
     with pytest.raises(SystemExit, match="different start states"):
         compare_evals.comparison(a, [b[0], other_starts], ("SHAC", "PPO"))
+
+
+def test_equal_samples_reads_both_curves_at_each_others_env_steps(tmp_path):
+    """A compiled run's periodic evaluations (``eval_return``, one per seed) against an external trainer's
+    reports (``return``, a row per seed), each read between its evaluations by interpolation, never beyond."""
+    tool = import_tool("equal_samples")
+    shac, ppo = tmp_path / "shac", tmp_path / "ppo"
+    rows = {
+        shac: [
+            {"iteration": 1, "env_steps": 100, "return": [5.0, 7.0]},  # training episodes: not an evaluation
+            {"iteration": 2, "env_steps": 200, "return": [0.0, 0.0], "eval_return": [10.0, 20.0]},
+            {"iteration": 4, "env_steps": 400, "eval_return": [30.0, 50.0]},
+        ],
+        ppo: [
+            {"seed_index": s, "env_steps": steps, "return": value}
+            for s, offset in ((0, 0.0), (1, 2.0))
+            for steps, value in ((0, 1.0 + offset), (300, 7.0 + offset))
+        ],
+    }
+    for run, lines in rows.items():
+        run.mkdir()
+        (run / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    a, b = tool.evaluation_curve(shac), tool.evaluation_curve(ppo)
+    assert a == {200: 15.0, 400: 40.0} and b == {0: 2.0, 300: 8.0}
+    table = tool.markdown(a, b, ("SHAC", "PPO"))
+    assert "| 200 | 15.0 | ≈ 6.0 | +9.0 |" in table  # PPO read between 0 and 300
+    assert "| 300 | ≈ 27.5 | 8.0 | +19.5 |" in table
+    assert "| 400 | 40.0 | – | – |" in table and "| 0 | – | 2.0 | – |" in table  # nothing read beyond a curve

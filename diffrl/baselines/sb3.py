@@ -125,6 +125,7 @@ class SB3Agent:
 
     name: str
     algo_class: type
+    round_option: str  # the option that sets how many steps of every env ``learn`` collects at a time
 
     def __init__(self, env: Env, options: dict[str, Any], iterations: int):
         options = dict(options)
@@ -143,10 +144,10 @@ class SB3Agent:
 
     def trained_iterations(self) -> int:
         """Env steps ``learn`` will take: it collects whole rounds of all envs until it has ``iterations``
-        (a round: PPO's ``n_steps`` per env, SAC's ``train_freq`` steps per env)."""
-        name = "n_steps" if self.algo_class is PPO else "train_freq"
-        steps = self.kwargs.get(name)
-        steps = inspect.signature(self.algo_class).parameters[name].default if steps is None else steps
+        (a round: ``round_option``'s steps per env: PPO's ``n_steps``, SAC's ``train_freq``)."""
+        steps = self.kwargs.get(self.round_option)
+        if steps is None:
+            steps = inspect.signature(self.algo_class).parameters[self.round_option].default
         rollout = self.num_envs * int(steps)
         return math.ceil(self.iterations / rollout) * rollout
 
@@ -193,8 +194,8 @@ class SB3Agent:
 
 
 class SB3PPO(SB3Agent):
-    name, algo_class = "sb3_ppo", PPO
+    name, algo_class, round_option = "sb3_ppo", PPO, "n_steps"
 
 
 class SB3SAC(SB3Agent):
-    name, algo_class = "sb3_sac", SAC
+    name, algo_class, round_option = "sb3_sac", SAC, "train_freq"
